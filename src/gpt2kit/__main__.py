@@ -1,0 +1,5 @@
+import sys
+
+from gpt2kit.cli import main
+
+sys.exit(main())
