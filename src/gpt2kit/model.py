@@ -232,6 +232,14 @@ class GPT(nn.Module):
         self.grad_checkpointing = False
         self.init_weights()
 
+    @classmethod
+    def from_pretrained(cls, src: str, device=None, dtype=None) -> GPT:
+        """Load what `--model` takes: a run or checkpoint directory, a Hugging Face GPT-2 directory,
+        or a hub name (when the hub is reachable)."""
+        from gpt2kit.checkpoint import load_model
+
+        return load_model(src, device=device, dtype=dtype)
+
     @torch.no_grad()
     def init_weights(self) -> None:
         """GPT-2 initialisation, all in one place.

@@ -1,0 +1,283 @@
+"""Checkpoints that cannot be lost, and finding a model from whatever the user points at.
+
+Layout (CONTRACTS.md): RUN/checkpoints/step-00000100/ holds model.safetensors, config.json,
+state.json, optimizer.pt, tokenizer/, MANIFEST.json (sha256 of every file) and COMPLETE, written
+last. Everything is written into a temporary sibling directory, fsynced, and renamed into place,
+so a crash at any moment leaves either the old state or the new one. A directory without
+COMPLETE is not a checkpoint and is ignored. `latest` / `best` are small text files, not symlinks.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from gpt2kit import __version__
+from gpt2kit.errors import UserError
+from gpt2kit.model import GPT, GPTConfig
+
+ARCHITECTURE = "gpt2kit.GPT"
+STEP_DIR = re.compile(r"^step-(\d{8})$")
+
+
+# ---------------------------------------------------------------- writing
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    with open(tmp, "w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def save_model_files(model: GPT, directory: Path) -> None:
+    """model.safetensors (HF names, tied lm_head stored once) + config.json."""
+    from safetensors.torch import save_file
+
+    sd = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
+    if model.config.tie_embeddings:
+        sd.pop("lm_head.weight", None)
+    save_file(sd, directory / "model.safetensors", metadata={"format": "pt", "producer": "gpt2kit"})
+    meta = {"architecture": ARCHITECTURE, "gpt2kit_version": __version__, **model.config.to_dict()}
+    (directory / "config.json").write_text(json.dumps(meta, indent=2) + "\n")
+
+
+def save_checkpoint(
+    ckpt_root: Path,
+    step: int,
+    model: GPT,
+    state: dict[str, Any],
+    optimizer_state: dict | None = None,
+    tokenizer=None,
+    extra_files: dict[str, str] | None = None,
+) -> Path:
+    """Write checkpoint `step` atomically under `ckpt_root`; returns its directory.
+
+    state: JSON-able loop state (step, tokens, best val loss, RNG states, loader position).
+    extra_files: more small text files to include (e.g. config.yaml).
+    """
+    ckpt_root.mkdir(parents=True, exist_ok=True)
+    final = ckpt_root / f"step-{step:08d}"
+    tmp = Path(tempfile.mkdtemp(prefix=f".tmp-step-{step:08d}-", dir=ckpt_root))
+    try:
+        save_model_files(model, tmp)
+        (tmp / "state.json").write_text(json.dumps(state, indent=1) + "\n")
+        if optimizer_state is not None:
+            torch.save(optimizer_state, tmp / "optimizer.pt")
+        if tokenizer is not None:
+            tokenizer.save(tmp / "tokenizer")
+        for name, text in (extra_files or {}).items():
+            (tmp / name).write_text(text)
+        files = sorted(p for p in tmp.rglob("*") if p.is_file())
+        manifest = {str(p.relative_to(tmp)): _sha256(p) for p in files}
+        (tmp / "MANIFEST.json").write_text(json.dumps(manifest, indent=1) + "\n")
+        for p in files:
+            with open(p, "rb") as f:
+                os.fsync(f.fileno())
+        (tmp / "COMPLETE").write_text(f"step {step}\n")
+        _fsync_dir(tmp)
+        if final.exists():  # re-saving a step (e.g. after a resume): swap, never delete first
+            trash = ckpt_root / f".old-{final.name}-{os.getpid()}"
+            os.replace(final, trash)
+            os.replace(tmp, final)
+            shutil.rmtree(trash, ignore_errors=True)
+        else:
+            os.replace(tmp, final)
+        _fsync_dir(ckpt_root)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    write_text_atomic(ckpt_root / "latest", final.name + "\n")
+    return final
+
+
+def prune_checkpoints(ckpt_root: Path, keep_last: int, keep: set[str] = frozenset()) -> None:
+    """Delete all but the newest `keep_last` complete checkpoints, never those named in `keep`."""
+    steps = complete_checkpoints(ckpt_root)
+    if keep_last <= 0:
+        return
+    for d in steps[:-keep_last]:
+        if d.name not in keep:
+            shutil.rmtree(d, ignore_errors=True)
+    # Leftovers of interrupted writes are garbage by construction.
+    for d in ckpt_root.glob(".tmp-step-*"):
+        shutil.rmtree(d, ignore_errors=True)
+
+
+# ---------------------------------------------------------------- reading
+
+
+def is_complete(directory: Path) -> bool:
+    return (directory / "COMPLETE").is_file()
+
+
+def complete_checkpoints(ckpt_root: Path) -> list[Path]:
+    """Complete checkpoint directories under `ckpt_root`, oldest first."""
+    if not ckpt_root.is_dir():
+        return []
+    found = [d for d in ckpt_root.iterdir() if d.is_dir() and STEP_DIR.match(d.name) and is_complete(d)]
+    return sorted(found, key=lambda d: d.name)
+
+
+def find_checkpoint(run_dir: Path, which: str = "latest") -> Path | None:
+    """The checkpoint named by RUN/checkpoints/{which}, else the newest complete one."""
+    root = run_dir / "checkpoints"
+    pointer = root / which
+    if pointer.is_file():
+        target = root / pointer.read_text().strip()
+        if target.is_dir() and is_complete(target):
+            return target
+    if which == "best":
+        return None
+    found = complete_checkpoints(root)
+    return found[-1] if found else None
+
+
+def verify_checkpoint(directory: Path) -> None:
+    """Check COMPLETE and every sha256 in MANIFEST.json; a UserError names what is wrong."""
+    if not is_complete(directory):
+        raise UserError(f"{directory} is not a complete checkpoint (no COMPLETE marker); "
+                        "it was interrupted while being written - use an earlier checkpoint")
+    try:
+        manifest = json.loads((directory / "MANIFEST.json").read_text())
+    except (OSError, json.JSONDecodeError):
+        raise UserError(f"checkpoint {directory} has no readable MANIFEST.json; it is damaged - "
+                        "use an earlier checkpoint") from None
+    for name, digest in manifest.items():
+        path = directory / name
+        if not path.is_file() or _sha256(path) != digest:
+            raise UserError(f"checkpoint {directory} is corrupt ({name} does not match its sha256 in "
+                            "MANIFEST.json); delete it or use an earlier checkpoint")
+
+
+def is_gpt2kit_model_dir(directory: Path) -> bool:
+    try:
+        return json.loads((directory / "config.json").read_text()).get("architecture") == ARCHITECTURE
+    except (OSError, json.JSONDecodeError, AttributeError):
+        return False
+
+
+def load_gpt2kit_dir(directory: Path) -> GPT:
+    """A model from a gpt2kit checkpoint (or any directory with our config.json + model.safetensors)."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    from gpt2kit.hf import empty_model, load_state
+
+    if (directory / "MANIFEST.json").exists():
+        verify_checkpoint(directory)
+    meta = json.loads((directory / "config.json").read_text())
+    meta.pop("architecture", None)
+    meta.pop("gpt2kit_version", None)
+    config = GPTConfig.from_dict(meta)
+    try:
+        sd = load_file(directory / "model.safetensors")
+    except (OSError, SafetensorError) as e:
+        raise UserError(f"cannot read {directory / 'model.safetensors'} ({e}); the checkpoint is damaged") from None
+    return load_state(empty_model(config), sd, str(directory)).eval()
+
+
+def resolve_local(src: Path) -> Path:
+    """Turn a run directory into its best (else latest) checkpoint; other directories are returned as is."""
+    if (src / "checkpoints").is_dir():
+        ckpt = find_checkpoint(src, "best") or find_checkpoint(src, "latest")
+        if ckpt is None:
+            raise UserError(f"run directory {src} has no complete checkpoint yet")
+        return ckpt
+    return src
+
+
+def _hub_download(name: str) -> Path:
+    """A local snapshot of hub model `name`, or a UserError that suggests a local path."""
+    try:
+        from huggingface_hub import snapshot_download
+
+        patterns = ["*.json", "*.safetensors", "*.txt", "merges.txt", "vocab.json", "pytorch_model.bin"]
+        return Path(snapshot_download(name, allow_patterns=patterns))
+    except Exception as e:
+        offline = os.environ.get("HF_HUB_OFFLINE", "0") not in ("", "0", "false", "False")
+        why = "the Hugging Face Hub is offline (HF_HUB_OFFLINE=1)" if offline else f"{type(e).__name__}"
+        raise UserError(
+            f"{name!r} is not a local path and could not be fetched from the Hugging Face Hub ({why}); "
+            "pass a local directory: a gpt2kit run or checkpoint, or a saved Hugging Face GPT-2 model"
+        ) from None
+
+
+def model_dir(src: str | os.PathLike) -> Path:
+    """The directory holding the model weights for any `--model` / `--init` source."""
+    path = Path(src).expanduser()
+    if path.exists():
+        if not path.is_dir():
+            raise UserError(f"{src} is a file; pass a directory (a run, a checkpoint, or a Hugging Face model)")
+        return resolve_local(path)
+    text = str(src)
+    if text.startswith((".", "/", "~")) or text.count("/") > 1 or "\\" in text:
+        raise UserError(f"model path not found: {src}; check the path")
+    return _hub_download(text)
+
+
+def load_model(src: str | os.PathLike, device: str | torch.device | None = None,
+               dtype: torch.dtype | None = None) -> GPT:
+    """A GPT (eval mode) from a run dir, checkpoint dir, Hugging Face GPT-2 dir or reachable hub name."""
+    from gpt2kit.hf import load_hf_dir
+
+    directory = model_dir(src)
+    if is_gpt2kit_model_dir(directory):
+        model = load_gpt2kit_dir(directory)
+    elif (directory / "config.json").is_file():
+        model = load_hf_dir(directory)
+    else:
+        raise UserError(f"{src} is not a GPT-2 checkpoint (no config.json); pass a run directory, "
+                        "a checkpoint directory, or a Hugging Face GPT-2 model directory")
+    if device is not None or dtype is not None:
+        model = model.to(device=device, dtype=dtype)
+    return model
+
+
+def tokenizer_source(src: str | os.PathLike) -> str | None:
+    """The directory holding the tokenizer that goes with model source `src`, if there is one."""
+    directory = model_dir(src)
+    for candidate in (directory / "tokenizer", directory, directory.parent.parent / "tokenizer"):
+        if (candidate / "tokenizer.json").is_file() or (candidate / "vocab.json").is_file():
+            return str(candidate)
+    return None
+
+
+def load_checkpoint_state(directory: Path) -> tuple[dict, dict | None]:
+    """(state.json, optimizer state or None) of a verified checkpoint, loaded safely."""
+    verify_checkpoint(directory)
+    state = json.loads((directory / "state.json").read_text())
+    opt = None
+    if (directory / "optimizer.pt").exists():
+        try:
+            opt = torch.load(directory / "optimizer.pt", map_location="cpu", weights_only=True)
+        except Exception as e:
+            raise UserError(f"cannot load {directory / 'optimizer.pt'} safely ({type(e).__name__}); "
+                            "the checkpoint is damaged or was not written by gpt2kit") from None
+    return state, opt
