@@ -1,0 +1,341 @@
+"""Every corpus through one interface: `open_sources(["SRC", ...], **options)` yields `Document`s.
+
+A source is one of:
+- a text file (one document per file) or a table file: `.jsonl`, `.json`, `.csv`, `.parquet` (one
+  document per row, from `text_column`);
+- a directory, walked recursively in sorted order (hidden entries skipped), filtered by `include` /
+  `exclude` globs (e.g. `*.py`); table files inside it are read as tables;
+- `stdlib`: the `.py` files of the running Python's standard library, without site-packages — a real
+  code corpus present on every machine, our default;
+- a Hugging Face dataset: a `save_to_disk` directory, or a hub name (`hf:NAME[:CONFIG]`, or `NAME`),
+  optionally `streaming`.
+
+Each document carries a stable `key` (its path relative to the source root, plus the row for tables)
+so the train/validation split can hash it: the split does not change when the corpus moves or grows.
+Binary files are skipped and undecodable bytes replaced; both are counted and reported once.
+"""
+
+from __future__ import annotations
+
+import csv
+import fnmatch
+import hashlib
+import json
+import os
+import sys
+import sysconfig
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from gpt2kit.errors import UserError
+
+TABLE_SUFFIXES = (".jsonl", ".json", ".csv", ".parquet", ".ndjson")
+_BINARY_PROBE = 8192
+
+
+@dataclass(frozen=True)
+class Document:
+    text: str
+    key: str  # stable identity: "relative/path.py", "data.jsonl:17", "hf:name:train:17"
+
+
+@dataclass
+class SourceStats:
+    """What was skipped or repaired while reading (reported once, recorded in prepared metadata)."""
+
+    binary_skipped: int = 0
+    undecodable_files: int = 0
+    undecodable_bytes: int = 0
+    empty_skipped: int = 0
+    examples: list[str] = field(default_factory=list)
+
+    def as_dict(self) -> dict:
+        return {
+            "binary_skipped": self.binary_skipped,
+            "undecodable_files": self.undecodable_files,
+            "empty_skipped": self.empty_skipped,
+        }
+
+
+def stdlib_root() -> Path:
+    return Path(sysconfig.get_paths()["stdlib"])
+
+
+def _is_hidden(rel: Path) -> bool:
+    return any(part.startswith(".") or part == "__pycache__" for part in rel.parts)
+
+
+def _matches(rel: str, patterns: Sequence[str]) -> bool:
+    """A glob matches the relative path or the file name (`*.py` and `json/*.py` both work)."""
+    name = rel.rsplit("/", 1)[-1]
+    return any(fnmatch.fnmatch(rel, p) or fnmatch.fnmatch(name, p) for p in patterns)
+
+
+def _walk(root: Path, include: Sequence[str], exclude: Sequence[str], skip_dirs: Sequence[str] = ()) -> list[Path]:
+    """Files under `root`, sorted, filtered: deterministic order on every filesystem."""
+    out = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        rel_dir = Path(dirpath).relative_to(root)
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith(".") and d != "__pycache__" and d not in skip_dirs)
+        for name in sorted(filenames):
+            if name.startswith("."):
+                continue
+            rel = (rel_dir / name).as_posix()
+            if include and not _matches(rel, include):
+                continue
+            if exclude and _matches(rel, exclude):
+                continue
+            out.append(Path(dirpath) / name)
+    out.sort(key=lambda p: p.relative_to(root).as_posix())
+    return out
+
+
+def _decode(data: bytes, key: str, stats: SourceStats) -> str | None:
+    """UTF-8 text of a file, or None for binary files (both outcomes counted)."""
+    if b"\x00" in data[:_BINARY_PROBE]:
+        stats.binary_skipped += 1
+        return None
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        text = data.decode("utf-8", errors="replace")
+        stats.undecodable_files += 1
+        if len(stats.examples) < 3:
+            stats.examples.append(key)
+        return text
+
+
+class Source:
+    """One source string, resolved. Iterating yields documents; `fingerprint` changes when content may have."""
+
+    def __init__(self, spec: str, *, text_column: str = "text", include: Sequence[str] = (), exclude: Sequence[str] = (),
+                 streaming: bool = False, split: str = "train", stats: SourceStats | None = None):
+        self.spec = spec
+        self.text_column = text_column
+        self.include = tuple(include or ())
+        self.exclude = tuple(exclude or ())
+        self.streaming = streaming
+        self.hf_split = split
+        self.stats = stats or SourceStats()
+        self.kind, self.path = self._resolve(spec)
+
+    def _resolve(self, spec: str) -> tuple[str, Path | None]:
+        if spec == "stdlib":
+            return "stdlib", stdlib_root()
+        if spec.startswith("hf:"):
+            return "hub", None
+        p = Path(spec).expanduser()
+        if p.is_dir():
+            if (p / "dataset_info.json").is_file() or (p / "dataset_dict.json").is_file() or (p / "state.json").is_file():
+                return "saved_dataset", p
+            return "dir", p
+        if p.is_file():
+            return ("table" if p.suffix.lower() in TABLE_SUFFIXES else "file"), p
+        # Not on disk: a hub dataset name, unless it clearly meant a path.
+        looks_like_path = spec.startswith((".", "/", "~")) or Path(spec).suffix or spec.count("/") > 1 or os.sep != "/" and os.sep in spec
+        if looks_like_path or not spec:
+            raise UserError(f"data not found: {spec}; check the path (sources: files, directories, `stdlib`, hf:NAME)")
+        return "hub", None
+
+    # -- identity ---------------------------------------------------------------------------------
+    def files(self) -> list[Path]:
+        if self.kind == "stdlib":
+            include = self.include or ("*.py",)
+            return _walk(self.path, include, self.exclude, skip_dirs=("site-packages", "dist-packages"))
+        if self.kind == "dir":
+            return _walk(self.path, self.include, self.exclude)
+        if self.kind in ("file", "table"):
+            return [self.path]
+        return []
+
+    def fingerprint(self) -> str:
+        """Hash of what identifies the content: file names, sizes and mtimes; dataset fingerprints."""
+        h = hashlib.sha256()
+        h.update(json.dumps([self.kind, self.spec if self.kind in ("hub",) else "", self.text_column,
+                             self.include, self.exclude, self.hf_split]).encode())
+        if self.kind in ("stdlib", "dir", "file", "table"):
+            for f in self.files():
+                st = f.stat()
+                h.update(f"{f.relative_to(self.path.parent if self.kind in ('file', 'table') else self.path).as_posix()}"
+                         f"\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+        elif self.kind == "saved_dataset":
+            for f in sorted(self.path.rglob("*")):
+                if f.is_file():
+                    st = f.stat()
+                    h.update(f"{f.relative_to(self.path).as_posix()}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+        return h.hexdigest()
+
+    # -- reading ----------------------------------------------------------------------------------
+    def __iter__(self) -> Iterator[Document]:
+        if self.kind in ("stdlib", "dir"):
+            root = self.path
+            prefix = "stdlib/" if self.kind == "stdlib" else ""
+            for f in self.files():
+                rel = prefix + f.relative_to(root).as_posix()
+                if f.suffix.lower() in TABLE_SUFFIXES and self.kind == "dir" and not f.name.endswith(".json"):
+                    yield from self._table(f, rel)
+                else:
+                    yield from self._file(f, rel)
+        elif self.kind == "file":
+            yield from self._file(self.path, self.path.name)
+        elif self.kind == "table":
+            yield from self._table(self.path, self.path.name)
+        else:
+            yield from self._dataset()
+
+    def _file(self, path: Path, key: str) -> Iterator[Document]:
+        try:
+            data = path.read_bytes()
+        except OSError as e:
+            raise UserError(f"cannot read {path}: {e.strerror}; check its permissions") from e
+        text = _decode(data, key, self.stats)
+        if text is None:
+            return
+        if not text:
+            self.stats.empty_skipped += 1
+            return
+        yield Document(text, key)
+
+    def _rows(self, path: Path) -> Iterator[dict]:
+        """Rows of a table file as dicts (only `text_column` is needed, so parquet reads just that)."""
+        suffix = path.suffix.lower()
+        if suffix in (".jsonl", ".ndjson"):
+            with open(path, encoding="utf-8", errors="replace") as f:
+                for n, line in enumerate(f, 1):
+                    if line.strip():
+                        try:
+                            yield json.loads(line)
+                        except ValueError as e:
+                            raise UserError(f"{path}:{n}: not valid JSON ({e}); fix or remove that line") from e
+        elif suffix == ".json":
+            text = path.read_text(encoding="utf-8", errors="replace")
+            try:
+                data = json.loads(text)
+            except ValueError:
+                try:  # JSON lines under a .json name
+                    data = [json.loads(line) for line in text.splitlines() if line.strip()]
+                except ValueError as e:
+                    raise UserError(f"{path}: not valid JSON ({e}); expected a list of objects or JSON lines") from e
+            if isinstance(data, dict):  # {"data": [...]} / {"train": [...]}: the first list of records
+                data = next((v for v in data.values() if isinstance(v, list)), [data])
+            if not isinstance(data, list):
+                raise UserError(f"{path}: expected a list of objects with a {self.text_column!r} field")
+            yield from data
+        elif suffix == ".csv":
+            csv.field_size_limit(min(sys.maxsize, 2**31 - 1))
+            with open(path, encoding="utf-8", errors="replace", newline="") as f:
+                yield from csv.DictReader(f)
+        elif suffix == ".parquet":
+            import pyarrow.parquet as pq
+
+            pf = pq.ParquetFile(path)
+            names = pf.schema_arrow.names
+            if self.text_column not in names:
+                raise UserError(_unknown_column(self.text_column, names, path))
+            for batch in pf.iter_batches(batch_size=1024, columns=[self.text_column]):
+                for v in batch.column(0).to_pylist():
+                    yield {self.text_column: v}
+
+    def _table(self, path: Path, key: str) -> Iterator[Document]:
+        for i, row in enumerate(self._rows(path)):
+            if not isinstance(row, dict) or self.text_column not in row:
+                names = list(row) if isinstance(row, dict) else [type(row).__name__]
+                raise UserError(_unknown_column(self.text_column, names, path))
+            text = row[self.text_column]
+            if text is None or text == "":
+                self.stats.empty_skipped += 1
+                continue
+            yield Document(str(text), f"{key}:{i}")
+
+    def _dataset(self) -> Iterator[Document]:
+        ds = self._load_dataset()
+        names = getattr(ds, "column_names", None)
+        if names is not None and self.text_column not in names:
+            raise UserError(_unknown_column(self.text_column, names, self.spec))
+        for i, row in enumerate(ds):
+            if self.text_column not in row:
+                raise UserError(_unknown_column(self.text_column, list(row), self.spec))
+            text = row[self.text_column]
+            if text:
+                yield Document(str(text), f"{self.spec}:{self.hf_split}:{i}")
+            else:
+                self.stats.empty_skipped += 1
+
+    def _load_dataset(self):
+        import datasets
+
+        if self.kind == "saved_dataset":
+            ds = datasets.load_from_disk(str(self.path))
+            if isinstance(ds, datasets.DatasetDict):
+                if self.hf_split not in ds:
+                    raise UserError(f"{self.spec} has no split {self.hf_split!r}; it has {', '.join(ds)} (use --split)")
+                ds = ds[self.hf_split]
+            return ds.to_iterable_dataset() if self.streaming else ds
+        name = self.spec[3:] if self.spec.startswith("hf:") else self.spec
+        name, _, config = name.partition(":")
+        try:
+            return datasets.load_dataset(name, config or None, split=self.hf_split, streaming=self.streaming)
+        except Exception as e:
+            offline = os.environ.get("HF_HUB_OFFLINE") or os.environ.get("HF_DATASETS_OFFLINE")
+            why = "the Hugging Face hub is offline" if offline else str(e).splitlines()[0][:160]
+            raise UserError(f"data {self.spec!r} is not a local path and could not be loaded as a dataset: {why}; "
+                            "check the path or the dataset name") from e
+
+
+def _unknown_column(column: str, names: Sequence[str], where) -> str:
+    return f"no column {column!r} in {where}; columns found: {', '.join(map(str, names)) or 'none'} (use --text-column)"
+
+
+class Corpus:
+    """Several sources read as one stream of documents, with one set of counters and one fingerprint."""
+
+    def __init__(self, sources: Sequence[str], *, limit: int | None = None, **options):
+        if not sources:
+            raise UserError("no data given; pass --data with a file, a directory, `stdlib` or a dataset name")
+        self.stats = SourceStats()
+        self.sources = [Source(str(s), stats=self.stats, **options) for s in sources]
+        self.limit = limit
+        self.options = options
+
+    def __iter__(self) -> Iterator[Document]:
+        n = 0
+        for src in self.sources:
+            for doc in src:
+                if self.limit is not None and n >= self.limit:
+                    return
+                n += 1
+                yield doc
+
+    def fingerprint(self) -> str:
+        h = hashlib.sha256(json.dumps({"limit": self.limit}).encode())
+        for s in self.sources:
+            h.update(s.fingerprint().encode())
+        return h.hexdigest()
+
+    def report(self) -> None:
+        """Print one warning line per kind of trouble met while reading."""
+        s = self.stats
+        if s.undecodable_files:
+            eg = ", ".join(s.examples)
+            print(f"warning: {s.undecodable_files} file(s) had bytes that are not UTF-8, replaced by U+FFFD (e.g. {eg})",
+                  file=sys.stderr)
+        if s.binary_skipped:
+            print(f"warning: skipped {s.binary_skipped} binary file(s)", file=sys.stderr)
+
+
+def open_sources(sources: Sequence[str] | str, **options) -> Corpus:
+    """All `sources` as one corpus. Options: text_column, include, exclude, streaming, split, limit."""
+    if isinstance(sources, (str, os.PathLike)):
+        sources = [str(sources)]
+    options = {k: v for k, v in options.items() if v is not None}
+    allowed = {"text_column", "include", "exclude", "streaming", "split", "limit"}
+    unknown = set(options) - allowed
+    if unknown:
+        raise TypeError(f"unknown source options: {', '.join(sorted(unknown))}")
+    return Corpus(list(sources), **options)
+
+
+def iter_documents(sources: Sequence[str] | str, **options) -> Iterator[Document]:
+    """Shortcut: the documents of `sources`."""
+    yield from open_sources(sources, **options)
