@@ -1,0 +1,523 @@
+"""The training loop: pretrain or fine-tune GPT-2 with Accelerate, resumable to the bit.
+
+Read `train()` top to bottom: set up (run dir, tokenizer, data, model, optimizer, resume), then
+one flat loop — learning rate from a pure function, accumulate token-weighted micro-batches,
+clip, guard against non-finite values, step, log, and "once in a while" evaluate and checkpoint.
+A `last_step` flag makes the final evaluation and save happen inside the loop.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import random
+import shutil
+import signal
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from gpt2kit.checkpoint import (
+    find_checkpoint,
+    load_checkpoint_state,
+    load_gpt2kit_dir,
+    load_model,
+    prune_checkpoints,
+    save_checkpoint,
+    tokenizer_source,
+    write_text_atomic,
+)
+from gpt2kit.config import OptimArgs, TrainConfig
+from gpt2kit.errors import UserError
+from gpt2kit.metrics import MetricsLogger, flops_per_token, peak_flops
+from gpt2kit.model import GPT, GPTConfig, model_size, num_params
+
+# ---------------------------------------------------------------- pure pieces
+
+
+def get_lr(step: int, optim: OptimArgs, max_steps: int) -> float:
+    """Learning rate at optimizer step `step` (1-based): linear warmup, then cosine/linear/constant
+    decay from `lr` to `min_lr` at `max_steps`."""
+    min_lr = optim.lr / 10 if optim.min_lr is None else optim.min_lr
+    if step <= optim.warmup_steps:
+        return optim.lr * step / max(1, optim.warmup_steps)
+    if optim.schedule == "constant":
+        return optim.lr
+    progress = min(1.0, (step - optim.warmup_steps) / max(1, max_steps - optim.warmup_steps))
+    if optim.schedule == "linear":
+        return optim.lr + (min_lr - optim.lr) * progress
+    return min_lr + 0.5 * (optim.lr - min_lr) * (1 + math.cos(math.pi * progress))
+
+
+def make_optimizer(model: GPT, optim: OptimArgs, device_type: str) -> torch.optim.AdamW:
+    """AdamW with decoupled weight decay on matrices only: no decay for biases and LayerNorm
+    (1-D), nor embeddings unless `decay_embeddings`."""
+    embeddings = {id(model.transformer.wte.weight)}
+    if "wpe" in model.transformer:
+        embeddings.add(id(model.transformer.wpe.weight))
+    decay, no_decay = [], []
+    for p in model.parameters():  # parameters() yields a tied weight once
+        if not p.requires_grad:
+            continue
+        if p.dim() < 2 or (id(p) in embeddings and not optim.decay_embeddings):
+            no_decay.append(p)
+        else:
+            decay.append(p)
+    groups = [{"params": decay, "weight_decay": optim.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    # fused is fastest on GPU; on CPU foreach is, and both are bitwise deterministic there.
+    kw = {"fused": True} if device_type == "cuda" else {"foreach": True}
+    return torch.optim.AdamW(groups, lr=optim.lr, betas=(optim.beta1, optim.beta2), eps=optim.eps, **kw)
+
+
+def cpu_supports_bf16() -> bool:
+    """AVX512-BF16 or AMX: bf16 matmuls run at about twice the fp32 speed there."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def resolve_precision(precision: str, device_type: str) -> str:
+    """Accelerate's mixed_precision name ('no', 'bf16', 'fp16') for train.precision."""
+    if precision == "auto":
+        if device_type == "cuda":
+            return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+        return "bf16" if device_type == "cpu" and cpu_supports_bf16() else "no"
+    if precision == "fp16" and device_type == "cpu":
+        raise UserError("train.precision fp16 needs a GPU; use bf16 or fp32 on CPU")
+    return {"fp32": "no"}.get(precision, precision)
+
+
+# ---------------------------------------------------------------- RNG state, JSON-able
+
+
+def rng_state() -> dict:
+    state = {"torch": torch.get_rng_state().tolist(), "python": list(random.getstate()[1]),
+             "python_pos": random.getstate()[2]}
+    np_state = np.random.get_state()
+    state["numpy"] = {"keys": np_state[1].tolist(), "pos": int(np_state[2])}
+    if torch.cuda.is_available():
+        state["cuda"] = [s.tolist() for s in torch.cuda.get_rng_state_all()]
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    torch.set_rng_state(torch.tensor(state["torch"], dtype=torch.uint8))
+    random.setstate((3, tuple(state["python"]), state["python_pos"]))
+    np.random.set_state(("MT19937", np.array(state["numpy"]["keys"], dtype=np.uint32), state["numpy"]["pos"], 0, 0.0))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all([torch.tensor(s, dtype=torch.uint8) for s in state["cuda"]])
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+# ---------------------------------------------------------------- set-up helpers
+
+
+class StopRequested:
+    """SIGTERM / SIGINT set a flag; the loop saves a checkpoint at the next step boundary."""
+
+    def __init__(self):
+        self.signum: int | None = None
+        self._old = {}
+
+    def __enter__(self):
+        for s in (signal.SIGTERM, signal.SIGINT):
+            self._old[s] = signal.signal(s, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        if self.signum is not None and signum == signal.SIGINT:
+            raise KeyboardInterrupt  # a second Ctrl-C: stop now
+        self.signum = signum
+        print(f"\n{signal.Signals(signum).name}: saving a checkpoint at the end of this step", file=sys.stderr)
+
+    def __exit__(self, *exc):
+        for s, h in self._old.items():
+            signal.signal(s, h)
+
+
+def prepare_run_dir(out: Path, resume: str | None, overwrite: bool, is_main: bool) -> Path | None:
+    """Check the run directory; returns the checkpoint to resume from (or None)."""
+    if resume and overwrite:
+        raise UserError("--resume and --overwrite contradict each other; pick one")
+    exists = out.exists() and any(out.iterdir())
+    if resume == "auto":
+        return find_checkpoint(out) if exists else None
+    if resume:
+        ckpt = Path(resume)
+        if (ckpt / "checkpoints").is_dir():
+            ckpt = find_checkpoint(ckpt)
+        if ckpt is None or not (ckpt / "COMPLETE").exists():
+            raise UserError(f"--resume {resume}: no complete checkpoint there; use --resume auto or a step-* dir")
+        return ckpt
+    if exists:
+        if not overwrite:
+            raise UserError(f"run directory {out} already exists; pass --resume auto to continue it, "
+                            "--overwrite to start over, or choose another --out")
+        if is_main:
+            shutil.rmtree(out)
+    return None
+
+
+def load_tokenizer_for(cfg: TrainConfig, data_dir_hint: Path | None):
+    """The tokenizer: explicit data.tokenizer, else the prepared data's, else --init's, else GPT-2."""
+    from gpt2kit.tokenizer import load_tokenizer
+
+    if cfg.data.tokenizer:
+        return load_tokenizer(cfg.data.tokenizer)
+    if data_dir_hint is not None and (data_dir_hint / "tokenizer.json").exists():
+        return load_tokenizer(str(data_dir_hint))
+    if cfg.model.init:
+        src = tokenizer_source(cfg.model.init)
+        if src:
+            return load_tokenizer(src)
+    return load_tokenizer("gpt2")
+
+
+def resize_vocab(model: GPT, vocab_size: int) -> GPT:
+    """Grow the token embedding (and untied head) to `vocab_size`; new rows ~ N(0, 0.02)."""
+    old = model.config.vocab_size
+    wte = model.transformer.wte.weight.data
+    new_wte = torch.empty(vocab_size, wte.size(1), dtype=wte.dtype).normal_(0.0, 0.02)
+    new_wte[:old] = wte
+    cfg = GPTConfig.from_dict({**model.config.to_dict(), "vocab_size": vocab_size})
+    sd = model.state_dict()
+    sd["transformer.wte.weight"] = new_wte
+    if cfg.tie_embeddings:
+        sd.pop("lm_head.weight", None)
+    else:
+        head = torch.empty_like(new_wte).normal_(0.0, 0.02)
+        head[:old] = sd["lm_head.weight"]
+        sd["lm_head.weight"] = head
+    new = GPT(cfg)
+    new.load_state_dict(sd, strict=not cfg.tie_embeddings)
+    return new
+
+
+def build_model(cfg: TrainConfig, vocab_size: int, resumed_from: Path | None) -> GPT:
+    """From a checkpoint we resume, from --init weights, or fresh from the preset + overrides."""
+    m = cfg.model
+    if resumed_from is not None:
+        return load_gpt2kit_dir(resumed_from).train()
+    if m.init:
+        model = load_model(m.init)
+        over = m.overrides()
+        allowed = {"dropout", "block_size", "vocab_size"}
+        fixed = sorted(k for k, v in over.items() if k not in allowed and getattr(model.config, k) != v)
+        if fixed:
+            raise UserError(f"model.{fixed[0]} cannot differ from the --init model's "
+                            f"({getattr(model.config, fixed[0])}); remove it from the config")
+        if "block_size" in over and over["block_size"] != model.config.block_size:
+            model = crop_block_size(model, over["block_size"])
+        if "dropout" in over:
+            model.config.dropout = over["dropout"]
+            for mod in model.modules():
+                if isinstance(mod, torch.nn.Dropout):
+                    mod.p = over["dropout"]
+                elif hasattr(mod, "dropout") and isinstance(mod.dropout, float):
+                    mod.dropout = over["dropout"]
+        want = over.get("vocab_size", vocab_size)
+        if want > model.config.vocab_size:
+            if not cfg.train.resize_embeddings:
+                raise UserError(
+                    f"the tokenizer has {vocab_size} ids but the --init model only {model.config.vocab_size}; "
+                    "use the model's own tokenizer, or pass --train.resize_embeddings true to grow the model")
+            model = resize_vocab(model, want)
+        return model.train()
+    overrides = m.overrides()
+    overrides.setdefault("vocab_size", vocab_size)
+    if overrides["vocab_size"] < vocab_size:
+        raise UserError(f"model.vocab_size ({overrides['vocab_size']}) is smaller than the tokenizer's "
+                        f"{vocab_size} ids; remove model.vocab_size or set it >= {vocab_size}")
+    return GPT(GPTConfig.from_preset(m.preset, **overrides)).train()
+
+
+def crop_block_size(model: GPT, block_size: int) -> GPT:
+    """Use a shorter context than the model was trained with (fine-tuning on short texts)."""
+    if block_size > model.config.block_size and not model.config.rope:
+        raise UserError(f"model.block_size {block_size} exceeds the --init model's "
+                        f"{model.config.block_size} positions; use at most {model.config.block_size}")
+    model.config.block_size = block_size
+    if not model.config.rope:
+        model.transformer.wpe.weight = torch.nn.Parameter(model.transformer.wpe.weight[:block_size].clone())
+        model.transformer.wpe.num_embeddings = block_size
+    return model
+
+
+# ---------------------------------------------------------------- the loop
+
+
+@dataclass
+class RunResult:
+    step: int
+    tokens: int
+    best_val_loss: float | None
+    last_val_loss: float | None
+    checkpoint: Path | None
+    seconds: float
+    exit_code: int = 0
+
+
+def train(cfg: TrainConfig, out: str | os.PathLike, resume: str | None = None, overwrite: bool = False,
+          quiet: bool = False) -> RunResult:
+    from accelerate import Accelerator
+    from accelerate.utils import gather_object
+
+    from gpt2kit.loader import PackedLoader
+    from gpt2kit.prepare import ensure_prepared, read_meta
+
+    t_start = time.time()
+    out = Path(out)
+    t = cfg.train
+    device_type = "cuda" if torch.cuda.is_available() else "cpu"
+    mixed = resolve_precision(t.precision, device_type)
+    accelerator = Accelerator(mixed_precision=mixed, cpu=device_type == "cpu")
+    is_main, rank, world = accelerator.is_main_process, accelerator.process_index, accelerator.num_processes
+    log = (lambda *a: print(*a, file=sys.stderr)) if is_main and not quiet else (lambda *a: None)
+
+    resume_ckpt = prepare_run_dir(out, resume, overwrite, is_main)
+    accelerator.wait_for_everyone()
+
+    # ---- data and tokenizer
+    if not cfg.data.sources:
+        raise UserError("no training data; pass --data DIR_OR_SOURCE (a prepared dir, files, a folder, stdlib, ...)")
+    first = Path(cfg.data.sources[0]).expanduser()
+    prepared_hint = first if len(cfg.data.sources) == 1 and (first / "meta.json").exists() else None
+    tokenizer = load_tokenizer_for(cfg, prepared_hint)
+    options = dict(text_column=cfg.data.text_column, include=cfg.data.include or None,
+                   val_fraction=cfg.data.val_fraction, workers=cfg.data.workers)
+    if is_main:  # rank 0 prepares; the others wait and then reuse the cached result
+        data_dir = ensure_prepared(cfg.data.sources, tokenizer, cache_dir=cfg.data.cache_dir, **options)
+    accelerator.wait_for_everyone()
+    if not is_main:
+        data_dir = ensure_prepared(cfg.data.sources, tokenizer, cache_dir=cfg.data.cache_dir, **options)
+    meta = read_meta(data_dir)
+
+    # ---- model, optimizer, loaders
+    seed_everything(t.seed)  # same init on every rank
+    model = build_model(cfg, tokenizer.vocab_size, resume_ckpt)
+    if meta["vocab_size"] > model.config.vocab_size:
+        raise UserError(f"the data in {data_dir} was tokenized with {meta['vocab_size']} ids but the model has "
+                        f"{model.config.vocab_size}; prepare it with the model's tokenizer")
+    block_size = model.config.block_size
+    model.grad_checkpointing = t.grad_checkpointing
+    device = accelerator.device
+    model.to(device)
+    optimizer = make_optimizer(model, cfg.optim, device.type)
+    B, A = t.batch_size, t.grad_accum
+    train_loader = PackedLoader(data_dir, "train", block_size, B, seed=t.seed, rank=rank, world_size=world)
+    val_loader = PackedLoader(data_dir, "val", block_size, B, seed=t.seed, rank=rank, world_size=world,
+                              shuffle=False)
+    val = meta["splits"]["val"]
+    bytes_per_token = val["bytes"] / max(1, val["tokens"])
+
+    # ---- resume
+    step, tokens_seen, best_val, last_val, evals_since_best, skipped = 0, 0, None, None, 0, 0
+    if resume_ckpt is not None:
+        state, opt_state = load_checkpoint_state(resume_ckpt)
+        if opt_state is not None:
+            optimizer.load_state_dict(opt_state["optimizer"])
+        step, tokens_seen = state["step"], state["tokens"]
+        best_val, last_val = state.get("best_val_loss"), state.get("last_val_loss")
+        evals_since_best = state.get("evals_since_best", 0)
+        train_loader.load_state_dict(state["loader"])
+        set_rng_state(state["rng"][rank] if rank < len(state["rng"]) else state["rng"][0])
+        log(f"resuming from {resume_ckpt} (step {step}, {tokens_seen:,} tokens)")
+    else:
+        seed_everything(t.seed + rank)  # dropout masks differ across ranks
+
+    raw_model = model
+    if t.compile:
+        model = torch.compile(model)
+    model, optimizer = accelerator.prepare(model, optimizer)
+
+    # ---- run directory
+    if is_main:
+        out.mkdir(parents=True, exist_ok=True)
+        write_text_atomic(out / "config.yaml", cfg.to_yaml())
+        if not (out / "tokenizer").exists():
+            tokenizer.save(out / "tokenizer")
+    metrics = MetricsLogger(out, resume_step=step if resume_ckpt else None,
+                            wandb_config=cfg.to_dict() if t.wandb else None) if is_main else None
+
+    log(f"model: {model_size(raw_model)} parameters, block {block_size}, vocab {raw_model.config.vocab_size}; "
+        f"data: {meta['splits']['train']['tokens']:,} train / {val['tokens']:,} val tokens")
+    log(f"device: {device} x{world}, precision: {mixed}, global batch {B * A * world} x {block_size} tokens")
+
+    tokens_per_step = B * A * world * block_size
+    fpt = flops_per_token(num_params(raw_model, exclude_embeddings=False)
+                          - (raw_model.transformer.wpe.weight.numel() if "wpe" in raw_model.transformer else 0),
+                          raw_model.config.n_layer, raw_model.config.n_embd, block_size)
+    peak = peak_flops(device, torch.bfloat16 if mixed == "bf16" else torch.float32) * world
+    V = raw_model.config.vocab_size
+
+    def evaluate() -> tuple[float, int]:
+        model.eval()
+        total = torch.zeros(2, device=device, dtype=torch.float64)
+        with torch.no_grad():
+            for i, (x, y) in enumerate(val_loader.iter_epoch()):
+                if t.eval_batches and i >= t.eval_batches:
+                    break
+                x, y = x.to(device), y.to(device)
+                with accelerator.autocast():
+                    logits = model(x)
+                total[0] += F.cross_entropy(logits.float().view(-1, V), y.view(-1), reduction="sum").double()
+                total[1] += y.numel()
+        model.train()
+        total = accelerator.reduce(total, reduction="sum")
+        return (total[0] / total[1]).item(), int(total[1].item())
+
+    def checkpoint(reason: str) -> Path | None:
+        rngs = gather_object([rng_state()])
+        path = None
+        if is_main:
+            state = {"step": step, "tokens": tokens_seen, "best_val_loss": best_val, "last_val_loss": last_val,
+                     "evals_since_best": evals_since_best, "loader": train_loader.state_dict(), "rng": rngs,
+                     "world_size": world, "reason": reason}
+            opt = {"optimizer": optimizer.state_dict()}
+            path = save_checkpoint(out / "checkpoints", step, raw_model, state, opt, tokenizer,
+                                   extra_files={"config.yaml": cfg.to_yaml()})
+            best_name = (out / "checkpoints" / "best").read_text().strip() if (out / "checkpoints" / "best").exists() else ""
+            if last_val is not None and best_val is not None and last_val <= best_val:
+                write_text_atomic(out / "checkpoints" / "best", path.name + "\n")
+                best_name = path.name
+            prune_checkpoints(out / "checkpoints", t.keep_last, keep={best_name})
+        accelerator.wait_for_everyone()
+        return path
+
+    # ---- the loop
+    last_ckpt = None
+    exit_code = 0
+    model.train()
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=t.max_steps, initial=step, disable=not is_main or quiet, dynamic_ncols=True,
+               desc="train", unit="step", file=sys.stderr)
+    t_window, tokens_window = time.time(), 0
+    with StopRequested() as stop:
+        while step < t.max_steps:
+            step += 1
+            lr = get_lr(step, cfg.optim, t.max_steps)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+
+            # -- forward/backward over A micro-batches; the loss is the mean over all tokens of
+            # the global batch, so accumulation and data parallelism equal one big batch.
+            loss_sum = torch.zeros((), device=device, dtype=torch.float64)
+            scale = world / (B * A * world * block_size)  # DDP averages over ranks: undo that
+            for micro in range(A):
+                x, y = train_loader.next_batch()
+                x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+                sync = contextlib.nullcontext() if micro == A - 1 else accelerator.no_sync(model)
+                with sync, accelerator.autocast():
+                    logits = model(x)
+                    loss = F.cross_entropy(logits.float().view(-1, V), y.view(-1), reduction="sum")
+                    accelerator.backward(loss * scale)
+                loss_sum += loss.detach().double()
+            tokens_seen += tokens_per_step
+            tokens_window += tokens_per_step
+
+            # -- clip and guard: a non-finite loss or gradient never reaches the weights
+            if cfg.optim.grad_clip > 0:
+                grad_norm = accelerator.clip_grad_norm_(raw_model.parameters(), cfg.optim.grad_clip)
+            else:
+                grad_norm = torch.linalg.vector_norm(
+                    torch.stack([p.grad.norm() for p in raw_model.parameters() if p.grad is not None]))
+            grad_norm = float(grad_norm)
+            step_loss = (accelerator.reduce(loss_sum, reduction="sum") / (tokens_per_step)).item()
+            if mixed == "fp16":  # the loss scaler skips overflowing steps and lowers the scale itself
+                optimizer.step()
+            elif math.isfinite(grad_norm) and math.isfinite(step_loss):
+                optimizer.step()
+                skipped = 0
+            else:
+                skipped += 1
+                msg = f"non-finite {'loss' if not math.isfinite(step_loss) else 'gradient'} at step {step}"
+                if t.nonfinite == "stop" or skipped >= t.max_skipped:
+                    optimizer.zero_grad(set_to_none=True)
+                    raise UserError(f"{msg}; stopped before it reached the weights (last good checkpoint: "
+                                    f"{last_ckpt or 'none'}); lower optim.lr or check the data")
+                log(f"{msg}: update skipped ({skipped} in a row)")
+            optimizer.zero_grad(set_to_none=True)
+
+            # -- stop conditions, agreed by all ranks
+            flags = torch.tensor([stop.signum or 0,
+                                  int(t.max_minutes is not None and time.time() - t_start > 60 * t.max_minutes)],
+                                 device=device)
+            flags = accelerator.reduce(flags, reduction="sum")
+            signum, time_up = int(flags[0]), bool(flags[1])
+            last_step = step == t.max_steps or time_up
+
+            # -- log
+            if step % t.log_every == 0 or last_step or step == 1:
+                dt = time.time() - t_window
+                tok_s = tokens_window / max(dt, 1e-9)
+                row = {"step": step, "tokens": tokens_seen, "loss": step_loss, "lr": lr, "grad_norm": grad_norm,
+                       "tok_s": tok_s, "mfu": tok_s * fpt / peak, "time": time.time() - t_start}
+                if metrics:
+                    metrics.log(row)
+                t_window, tokens_window = time.time(), 0
+                bar.set_postfix(loss=f"{step_loss:.3f}", lr=f"{lr:.2e}", tok_s=f"{tok_s:,.0f}",
+                                mfu=f"{100 * row['mfu']:.1f}%", refresh=False)
+            bar.update(1)
+
+            # -- evaluate once in a while, and at the end
+            evaluated = False
+            if (t.eval_every and step % t.eval_every == 0) or last_step:
+                last_val, _ = evaluate()
+                evaluated = True
+                if best_val is None or last_val < best_val:
+                    best_val, evals_since_best = last_val, 0
+                else:
+                    evals_since_best += 1
+                if metrics:
+                    metrics.log({"step": step, "val_loss": last_val, "val_ppl": math.exp(min(last_val, 50)),
+                                 "val_bpb": last_val / math.log(2) / bytes_per_token})
+                if is_main and not quiet:
+                    bar.write(f"step {step}: val loss {last_val:.4f}, ppl {math.exp(min(last_val, 50)):.2f}, "
+                              f"bpb {last_val / math.log(2) / bytes_per_token:.3f}", file=sys.stderr)
+                if t.early_stopping and evals_since_best >= t.early_stopping:
+                    log(f"early stopping: no better val loss in {t.early_stopping} evaluations")
+                    last_step = True
+
+            # -- checkpoint once in a while, at the end, and when asked to stop
+            if (t.ckpt_every and step % t.ckpt_every == 0) or last_step or signum:
+                if not evaluated:
+                    last_val = None  # only evaluated checkpoints compete for "best"
+                last_ckpt = checkpoint("signal" if signum else "end" if last_step else "periodic")
+            if signum:
+                exit_code = 128 + (signal.SIGINT if signum == signal.SIGINT else signal.SIGTERM)
+                log(f"stopped by {signal.Signals(signum).name} after step {step}; resume with --resume auto")
+                break
+            if last_step:
+                break
+    bar.close()
+    if metrics:
+        metrics.close()
+    seconds = time.time() - t_start
+    if is_main:
+        try:
+            from gpt2kit.plot import plot_runs
+
+            plot_runs([out], out / "loss.png")
+        except Exception as e:  # a plot must never cost a finished run
+            log(f"(loss plot skipped: {e})")
+        if exit_code == 0:
+            best = find_checkpoint(out, "best") or last_ckpt
+            log(f"done: {step} steps, {tokens_seen:,} tokens in {seconds / 60:.1f} min; best val loss "
+                f"{best_val:.4f} (ppl {math.exp(min(best_val, 50)):.2f}); checkpoint {best}"
+                if best_val is not None else f"done: {step} steps; checkpoint {last_ckpt}")
+    accelerator.wait_for_everyone()
+    return RunResult(step, tokens_seen, best_val, last_val, last_ckpt, seconds, exit_code)
