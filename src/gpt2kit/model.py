@@ -334,7 +334,6 @@ class GPT(nn.Module):
         p = self.transformer.wte.weight
         return KVCache(self.config, batch_size, max_len, device=p.device, dtype=p.dtype)
 
-    @torch.no_grad()
     def generate(
         self,
         idx: torch.Tensor,
@@ -349,31 +348,14 @@ class GPT(nn.Module):
 
         temperature 0 is greedy. Uses the KV cache while the sequence fits in `block_size`
         (always with RoPE); past that it crops the context to the last `block_size` tokens.
-        Sequences that emit `eos_id` are padded with it until all are done.
+        Sequences that emit `eos_id` are padded with it until all are done. One implementation
+        for everything: `gpt2kit.generate.generate_ids` (also left padding, repetition penalty).
         """
-        was_training = self.training
-        self.eval()
-        B, T = idx.shape
-        total = T + max_new_tokens
-        use_cache = self.config.rope or total <= self.config.block_size
-        cache = self.make_cache(B, total) if use_cache else None
-        done = torch.zeros(B, dtype=torch.bool, device=idx.device)
-        x = idx
-        for _ in range(max_new_tokens):
-            if cache is not None:
-                logits = self(x, cache=cache)[:, -1, :]
-            else:
-                logits = self(idx[:, -self.config.block_size :])[:, -1, :]
-            nxt = sample_next(logits, temperature, top_k, top_p, generator)  # (B,)
-            if eos_id is not None:
-                nxt = torch.where(done, torch.full_like(nxt, eos_id), nxt)
-                done |= nxt == eos_id
-            idx = torch.cat([idx, nxt[:, None]], dim=1)
-            x = nxt[:, None]
-            if eos_id is not None and bool(done.all()):
-                break
-        self.train(was_training)
-        return idx
+        from gpt2kit.generate import generate_ids
+
+        new = generate_ids(self, idx, max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
+                           eos_id=eos_id, generator=generator)
+        return torch.cat([idx, new.to(idx.device)], dim=1)
 
 
 def sample_next(
@@ -381,9 +363,11 @@ def sample_next(
     temperature: float = 1.0,
     top_k: int | None = None,
     top_p: float | None = None,
-    generator: torch.Generator | None = None,
+    generator: torch.Generator | list[torch.Generator] | None = None,
 ) -> torch.Tensor:
-    """Pick one token per row of `logits` (B, V): greedy at temperature 0, else top-k / nucleus sampling."""
+    """Pick one token per row of `logits` (B, V): greedy at temperature 0, else top-k / nucleus sampling.
+
+    generator: one for the batch, or one per row (then a row's sample does not depend on the others)."""
     if temperature <= 0:
         return logits.argmax(dim=-1)
     logits = logits.float() / temperature
@@ -397,6 +381,11 @@ def sample_next(
         sorted_logits = sorted_logits.masked_fill(drop, float("-inf"))
         logits = torch.full_like(logits, float("-inf")).scatter(-1, order, sorted_logits)
     probs = logits.softmax(dim=-1)
+    if isinstance(generator, (list, tuple)):
+        # Exponential race (= Gumbel-max): argmax p / E, E ~ Exp(1), is a draw from p; much faster
+        # than one multinomial call per row.
+        noise = torch.stack([torch.empty_like(p).exponential_(generator=g) for p, g in zip(probs, generator)])
+        return (probs / noise).argmax(dim=-1)
     return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
 
 
