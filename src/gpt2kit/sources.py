@@ -339,3 +339,29 @@ def open_sources(sources: Sequence[str] | str, **options) -> Corpus:
 def iter_documents(sources: Sequence[str] | str, **options) -> Iterator[Document]:
     """Shortcut: the documents of `sources`."""
     yield from open_sources(sources, **options)
+
+
+def add_source_args(parser, required: bool = True) -> None:
+    """The flags every command that reads a corpus shares (`--data` and how to read it)."""
+    parser.add_argument("--data", nargs="+", required=required, metavar="SRC",
+                        help="files, directories, `stdlib` (the Python standard library's .py files), "
+                             "a saved dataset directory or a Hugging Face dataset name (hf:NAME[:CONFIG])")
+    parser.add_argument("--include", action="append", metavar="GLOB",
+                        help="only files matching this glob, e.g. '*.py' (repeatable)")
+    parser.add_argument("--exclude", action="append", metavar="GLOB", help="skip files matching this glob (repeatable)")
+    parser.add_argument("--text-column", default="text", help="column holding the text in tables and datasets")
+    parser.add_argument("--split", default="train", help="which split of a Hugging Face dataset to read")
+    parser.add_argument("--streaming", action="store_true", help="stream a Hugging Face dataset instead of downloading it")
+    parser.add_argument("--limit", type=int, metavar="N", help="read at most N documents")
+
+
+def source_options(args) -> dict:
+    """The source options from parsed `add_source_args` flags, for open_sources / prepare / train_tokenizer."""
+    return {
+        "text_column": args.text_column,
+        "include": tuple(args.include or ()),
+        "exclude": tuple(args.exclude or ()),
+        "split": args.split,
+        "streaming": args.streaming,
+        "limit": args.limit,
+    }

@@ -27,6 +27,7 @@ EOS_TOKEN = "<|endoftext|>"
 PAD_TOKEN = "<|pad|>"
 # The GPT-2 pre-tokenizer regex, as tiktoken spells it (same pieces as `tokenizers`' ByteLevel regex).
 GPT2_PATTERN = r"""'(?:[sdmt]|ll|ve|re)| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
+HELDOUT_SALT = "tokenizer-heldout:"
 _EOS_CANDIDATES = (EOS_TOKEN, "</s>", "<eos>", "<|end_of_text|>", "[SEP]")
 _PAD_CANDIDATES = (PAD_TOKEN, "<pad>", "[PAD]", "<|padding|>")
 
@@ -339,15 +340,18 @@ def train_tokenizer(
     vocab_size: int,
     *,
     min_frequency: int = 2,
+    heldout_fraction: float = 0.0,
     show_progress: bool = False,
     **source_options,
 ) -> Tokenizer:
     """Train a GPT-2-style byte-level BPE on `sources` (anything `gpt2kit.sources` reads).
 
-    Special tokens: `<|endoftext|>` (EOS, id 0) and `<|pad|>` (id 1, for supervised batches)."""
+    Special tokens: `<|endoftext|>` (EOS, id 0) and `<|pad|>` (id 1, for supervised batches). Documents whose
+    key hashes below `heldout_fraction` (salted with HELDOUT_SALT) are left out, to measure compression on."""
     from tokenizers import AddedToken, decoders, models, pre_tokenizers, processors, trainers
     from tokenizers import Tokenizer as HFTokenizer
 
+    from gpt2kit.prepare import is_val
     from gpt2kit.sources import open_sources
 
     if vocab_size < 256 + 2 + 1:
@@ -370,6 +374,8 @@ def train_tokenizer(
     def texts():
         nonlocal n_docs
         for doc in corpus:
+            if heldout_fraction and is_val(HELDOUT_SALT + doc.key, heldout_fraction):
+                continue
             n_docs += 1
             yield doc.text
 

@@ -1,0 +1,455 @@
+"""Tokenize a corpus once into flat token shards that training memory-maps.
+
+`prepare(sources, tokenizer, out)` writes (layout in CONTRACTS.md, "A prepared data directory"):
+
+    out/meta.json          format, version, dtype, vocab_size, eos_id, tokenizer_sha256, source_fingerprint, splits
+    out/train-00000.bin    raw little-endian uint16 (vocab <= 65536) or uint32 ids; every document + eos_id
+    out/val-00000.bin      the validation documents, same layout
+    out/tokenizer.json     the tokenizer that made them (+ tokenizer_config.json, special_tokens_map.json)
+
+How, and why:
+- Documents stream from `gpt2kit.sources` in chunks of ~1 MB; `workers` processes encode chunks with tiktoken
+  (threads do not scale with it) while the main process reads files and writes results in order. At most
+  `2 * workers` chunks are in flight: memory does not grow with the corpus. The `tokenizers` engine runs
+  in-process, where its own thread pool parallelises each batch.
+- The split is by document: a document goes to validation when the hash of its key (path, or path:row) falls
+  below `val_fraction`. Stable across runs and machines, and adding files does not move the others.
+  If no document lands in validation (e.g. a corpus of one file), the last `val_fraction` of the training
+  tokens becomes the validation split instead (`meta["splits"]["val"]["from_train_tail"]`).
+- Everything is written to a temporary sibling directory and renamed into place at the end, so `out` is
+  either the old complete result or the new complete result, never half of one.
+- Re-running with the same sources (names, sizes, mtimes), tokenizer and options returns the existing result.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+import multiprocessing
+import os
+import shutil
+import sys
+import time
+from collections import deque
+from collections.abc import Sequence
+from concurrent.futures import Future, ProcessPoolExecutor
+from pathlib import Path
+
+import numpy as np
+
+from gpt2kit.errors import UserError
+from gpt2kit.sources import Document, open_sources
+from gpt2kit.tokenizer import Tokenizer, warn
+
+FORMAT = "gpt2kit-tokens"
+VERSION = 1
+SPLITS = ("train", "val")
+DEFAULT_VAL_FRACTION = 0.01
+DEFAULT_SHARD_TOKENS = 100_000_000  # 200 MB uint16 shards, like llm.c / nanochat
+_CHUNK_CHARS = 1 << 20
+_CHECK_CHARS = 256 * 1024  # fast engine vs reference engine, on the first ~256 KB of every corpus
+
+
+def default_cache_dir() -> Path:
+    return Path(os.environ.get("GPT2KIT_CACHE") or Path.home() / ".cache" / "gpt2kit" / "data").expanduser()
+
+
+def token_dtype(vocab_size: int) -> str:
+    """The smallest dtype that holds every id."""
+    return "uint16" if vocab_size <= 1 << 16 else "uint32"
+
+
+def is_val(key: str, val_fraction: float) -> bool:
+    """Deterministic split: a document's key hashes to a number in [0, 1)."""
+    if val_fraction <= 0:
+        return False
+    h = int.from_bytes(hashlib.blake2b(key.encode("utf-8", "surrogatepass"), digest_size=8).digest(), "little")
+    return h / 2**64 < val_fraction
+
+
+# -- metadata ----------------------------------------------------------------------------------------
+def read_meta(data_dir: str | os.PathLike) -> dict:
+    """meta.json of a prepared directory, validated (UserError for other/older formats or damaged shards)."""
+    d = Path(data_dir).expanduser()
+    if not d.exists():
+        raise UserError(f"data not found: {data_dir}; check the path or run `gpt2kit prepare --out {data_dir}`")
+    path = d / "meta.json"
+    if not path.is_file():
+        raise UserError(f"{data_dir} is not a prepared data directory (no meta.json); run `gpt2kit prepare` first")
+    try:
+        meta = json.loads(path.read_text())
+    except ValueError as e:
+        raise UserError(f"{path} is not valid JSON ({e}); re-run `gpt2kit prepare`") from e
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        raise UserError(f"{path} is not gpt2kit token metadata (format {meta.get('format')!r}); re-run `gpt2kit prepare`")
+    version = meta.get("version")
+    if not isinstance(version, int) or version < VERSION:
+        raise UserError(f"{data_dir} was prepared by an older gpt2kit (format version {version}, need {VERSION}); "
+                        "re-run `gpt2kit prepare` on the source data")
+    if version > VERSION:
+        raise UserError(f"{data_dir} was prepared by a newer gpt2kit (format version {version}); upgrade gpt2kit")
+    itemsize = np.dtype(meta["dtype"]).itemsize
+    for split, info in meta["splits"].items():
+        size = sum((d / f).stat().st_size if (d / f).exists() else -1 for f in info["files"])
+        if size != info["tokens"] * itemsize:
+            raise UserError(f"{data_dir}: the {split} shards do not match meta.json ({size} bytes, expected "
+                            f"{info['tokens'] * itemsize}); they are damaged, re-run `gpt2kit prepare`")
+    return meta
+
+
+def load_split(data_dir: str | os.PathLike, split: str, meta: dict | None = None) -> list[np.memmap]:
+    """The shards of one split as read-only memmaps (shards with no tokens left out)."""
+    d = Path(data_dir)
+    meta = meta or read_meta(d)
+    if split not in meta["splits"]:
+        raise UserError(f"{data_dir} has no {split!r} split; it has {', '.join(meta['splits'])}")
+    dtype = np.dtype(meta["dtype"]).newbyteorder("<")
+    return [np.memmap(d / f, dtype=dtype, mode="r") for f in meta["splits"][split]["files"] if (d / f).stat().st_size]
+
+
+def check_vocab(data_vocab_size: int, model_vocab_size: int, where: str = "the data") -> None:
+    """UserError when a model cannot embed every id of the data."""
+    if model_vocab_size < data_vocab_size:
+        raise UserError(f"{where} uses a tokenizer with {data_vocab_size} ids but the model has model.vocab_size "
+                        f"{model_vocab_size}; set --model.vocab_size {data_vocab_size} or use the model's tokenizer")
+
+
+# -- writing -----------------------------------------------------------------------------------------
+class _ShardWriter:
+    """Appends token arrays to `split-00000.bin`, `split-00001.bin`, ... of at most `shard_tokens` each."""
+
+    def __init__(self, directory: Path, split: str, dtype: str, shard_tokens: int):
+        self.directory, self.split, self.shard_tokens = directory, split, shard_tokens
+        self.dtype = np.dtype(dtype).newbyteorder("<")
+        self.files: list[str] = []
+        self.tokens = self.documents = self.bytes = 0
+        self._f = None
+        self._in_shard = 0
+
+    def _open(self) -> None:
+        if self._f:
+            self._f.close()
+        name = f"{self.split}-{len(self.files):05d}.bin"
+        self.files.append(name)
+        self._f = open(self.directory / name, "wb")
+        self._in_shard = 0
+
+    def write(self, ids: np.ndarray) -> None:
+        if self._f is None:
+            self._open()
+        while len(ids):
+            room = self.shard_tokens - self._in_shard
+            if room == 0:
+                self._open()
+                continue
+            part, ids = ids[:room], ids[room:]
+            self._f.write(part.astype(self.dtype, copy=False).tobytes())
+            self._in_shard += len(part)
+            self.tokens += len(part)
+
+    def close(self) -> dict:
+        if self._f is None:
+            self._open()  # an empty split still has its (empty) file: readers need not special-case it
+        self._f.close()
+        return {"files": self.files, "tokens": self.tokens, "documents": self.documents, "bytes": self.bytes}
+
+
+_WORKER_TOKENIZER: Tokenizer | None = None
+
+
+def _worker_init(tok) -> None:
+    """Give a worker process its tokenizer: inherited as is under fork, rebuilt from JSON under spawn."""
+    global _WORKER_TOKENIZER
+    if isinstance(tok, tuple):
+        from tokenizers import Tokenizer as HFTokenizer
+
+        text, eos, pad = tok
+        tok = Tokenizer(HFTokenizer.from_str(text), eos_token=eos, pad_token=pad)
+    _WORKER_TOKENIZER = tok
+
+
+def _encode_chunk(texts: list[str], flags: list[bool], eos: int, reference: bool, tokenizer=None) -> list:
+    """Ids of a chunk of documents, each followed by EOS, gathered per split (runs in a worker process)."""
+    tokenizer = tokenizer or _WORKER_TOKENIZER
+    if reference or tokenizer.engine != "tiktoken":
+        ids = tokenizer.encode_batch(texts) if tokenizer.engine != "tiktoken" else map(tokenizer.reference_encode, texts)
+    else:
+        ids = map(tokenizer.encode, texts)  # encode_ordinary: faster than encode_to_numpy, and one core each
+    out = [([], 0, 0), ([], 0, 0)]
+    for a, t, f in zip(ids, texts, flags):
+        parts, n_docs, n_bytes = out[f]
+        parts += a
+        parts.append(eos)
+        out[f] = (parts, n_docs + 1, n_bytes + len(t.encode("utf-8", "surrogatepass")))
+    return [(np.array(parts, dtype=np.uint32), n_docs, n_bytes) for parts, n_docs, n_bytes in out]
+
+
+def _check_engine(tokenizer: Tokenizer, docs: list[Document]) -> None:
+    """The fast engine must give the tokenizer's own ids; if a sample disagrees, use the reference engine."""
+    if tokenizer.engine == "tokenizers":
+        return
+    for d in docs:
+        if tokenizer.encode(d.text) != tokenizer.reference_encode(d.text):
+            warn(f"tiktoken and tokenizers disagree on {d.key}; encoding with tokenizers (slower)")
+            tokenizer.use_reference_engine()
+            return
+
+
+class _InlineExecutor:
+    """The executor interface, run in this process (one worker, or the `tokenizers` engine, which is
+    parallel inside and must not be forked after use)."""
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        pass
+
+    def submit(self, fn, *args):
+        f: Future = Future()
+        f.set_result(fn(*args))
+        return f
+
+
+def _executor(tokenizer: Tokenizer, workers: int):
+    """Worker processes for tiktoken (it does not scale with threads: measured slower with 2 threads than 1)."""
+    if workers <= 1 or tokenizer.engine != "tiktoken":
+        return _InlineExecutor()
+    methods = multiprocessing.get_all_start_methods()
+    ctx = multiprocessing.get_context("fork" if "fork" in methods else "spawn")
+    init = tokenizer if ctx.get_start_method() == "fork" else (tokenizer._tk.to_str(), tokenizer.eos_token,
+                                                              tokenizer.pad_token)
+    return ProcessPoolExecutor(workers, mp_context=ctx, initializer=_worker_init, initargs=(init,))
+
+
+def _chunks(docs, chunk_chars: int):
+    buf, n = [], 0
+    for doc in docs:
+        buf.append(doc)
+        n += len(doc.text)
+        if n >= chunk_chars:
+            yield buf
+            buf, n = [], 0
+    if buf:
+        yield buf
+
+
+def _options_key(val_fraction: float, shard_tokens: int, source_options: dict) -> dict:
+    return {"val_fraction": val_fraction, "shard_tokens": shard_tokens,
+            **{k: (list(v) if isinstance(v, tuple) else v) for k, v in sorted(source_options.items()) if v is not None}}
+
+
+def prepare(
+    sources: Sequence[str] | str,
+    tokenizer: Tokenizer | str,
+    out: str | os.PathLike,
+    *,
+    val_fraction: float = DEFAULT_VAL_FRACTION,
+    workers: int | None = None,
+    block_size: int | None = None,
+    shard_tokens: int = DEFAULT_SHARD_TOKENS,
+    force: bool = False,
+    progress: bool = True,
+    **source_options,
+) -> dict:
+    """Tokenize `sources` into `out` (see the module docstring) and return its metadata.
+
+    `block_size`, when given, makes a too-small training split an error now rather than at training time.
+    Source options: text_column, include, exclude, streaming, split, limit."""
+    from gpt2kit.tokenizer import load_tokenizer
+
+    tokenizer = load_tokenizer(tokenizer)
+    if isinstance(sources, (str, os.PathLike)):
+        sources = [str(sources)]
+    if not 0 <= val_fraction < 1:
+        raise UserError(f"--val-fraction must be in [0, 1), got {val_fraction}")
+    if shard_tokens < 1:
+        raise UserError(f"shard_tokens must be positive, got {shard_tokens}")
+    workers = max(1, workers or os.cpu_count() or 1)
+    corpus = open_sources(sources, **source_options)
+    fingerprint = corpus.fingerprint()
+    options = _options_key(val_fraction, shard_tokens, source_options)
+    out = Path(out).expanduser()
+
+    if (out / "meta.json").is_file() and not force:
+        try:
+            old = read_meta(out)
+        except UserError:
+            old = None  # an older format or damaged: prepare again
+        if (old and old["source_fingerprint"] == fingerprint and old["tokenizer_sha256"] == tokenizer.sha256
+                and old.get("options") == options):
+            _check_size(old, block_size, out)
+            if progress:
+                print(f"{out} is up to date ({_summary(old)})", file=sys.stderr)
+            return old
+    elif out.exists() and (not out.is_dir() or any(out.iterdir())) and not (out / "meta.json").is_file():
+        raise UserError(f"--out {out} exists and is not a prepared data directory; choose a new or empty directory")
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    try:
+        meta = _write(corpus, tokenizer, tmp, val_fraction, workers, shard_tokens, progress)
+        meta.update(source_fingerprint=fingerprint, sources=[str(s) for s in sources], options=options)
+        if meta["splits"]["train"]["documents"] == 0 and meta["splits"]["val"]["documents"] == 0:
+            skipped = corpus.stats.binary_skipped + corpus.stats.empty_skipped
+            raise UserError(f"no documents found in {' '.join(map(str, sources))}"
+                            + (f" ({skipped} binary or empty files skipped)" if skipped else "")
+                            + "; check the path, --include or --text-column")
+        _check_size(meta, block_size, out)
+        tokenizer.save(tmp)
+        (tmp / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
+        _replace_dir(tmp, out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    corpus.report()
+    if progress:
+        print(f"prepared {out}: {_summary(meta)}", file=sys.stderr)
+    return meta
+
+
+def _write(corpus, tokenizer: Tokenizer, tmp: Path, val_fraction: float, workers: int, shard_tokens: int,
+           progress: bool) -> dict:
+    from tqdm.auto import tqdm
+
+    dtype = token_dtype(tokenizer.vocab_size)
+    writers = {s: _ShardWriter(tmp, s, dtype, shard_tokens) for s in SPLITS}
+    start = time.perf_counter()
+    bar = tqdm(unit=" docs", disable=not progress, file=sys.stderr, delay=1.0, mininterval=0.5, desc="prepare")
+    pending: deque = deque()
+
+    def drain(limit: int) -> None:
+        while len(pending) > limit:
+            for w, (ids, docs, nbytes) in zip((writers["train"], writers["val"]), pending.popleft().result()):
+                w.write(ids)
+                w.documents += docs
+                w.bytes += nbytes
+            done_docs = writers["train"].documents + writers["val"].documents
+            mb = (writers["train"].bytes + writers["val"].bytes) / 1e6
+            tokens = writers["train"].tokens + writers["val"].tokens
+            bar.update(done_docs - bar.n)
+            bar.set_postfix_str(f"{tokens / 1e6:.1f}M tokens, {mb / (time.perf_counter() - start):.1f} MB/s",
+                                refresh=False)
+
+    chunks = _chunks(corpus, _CHUNK_CHARS)
+    first = next(chunks, None)
+    if first is not None:  # the fast engine must agree with the reference on a sample of this corpus
+        sample, n = [], 0
+        for d in first:
+            if n >= _CHECK_CHARS:
+                break
+            sample.append(d)
+            n += len(d.text)
+        _check_engine(tokenizer, sample)
+    reference = tokenizer.engine != "tiktoken"
+    try:
+        with _executor(tokenizer, workers) as pool:
+            for chunk in itertools.chain([first] if first else [], chunks):
+                texts = [d.text for d in chunk]
+                flags = [is_val(d.key, val_fraction) for d in chunk]
+                pending.append(pool.submit(_encode_chunk, texts, flags, tokenizer.eos_id, reference,
+                                           tokenizer if isinstance(pool, _InlineExecutor) else None))
+                drain(2 * workers)
+            drain(0)
+    finally:
+        bar.close()
+    splits = {s: w.close() for s, w in writers.items()}
+    if val_fraction > 0 and splits["val"]["documents"] == 0 and splits["train"]["tokens"] > 1:
+        _val_from_tail(tmp, splits, dtype, val_fraction)
+    return {
+        "format": FORMAT,
+        "version": VERSION,
+        "dtype": dtype,
+        "vocab_size": tokenizer.vocab_size,
+        "eos_id": tokenizer.eos_id,
+        "tokenizer_sha256": tokenizer.sha256,
+        "source_fingerprint": "",
+        "splits": splits,
+        "engine": tokenizer.engine,
+        "skipped": dict(corpus.stats.as_dict()),
+        "seconds": round(time.perf_counter() - start, 3),
+    }
+
+
+def _val_from_tail(tmp: Path, splits: dict, dtype: str, val_fraction: float) -> None:
+    """No document hashed into validation: move the last val_fraction of the training tokens there."""
+    train, val = splits["train"], splits["val"]
+    last = tmp / train["files"][-1]
+    itemsize = np.dtype(dtype).itemsize
+    in_last = last.stat().st_size // itemsize
+    n = min(max(1, round(val_fraction * train["tokens"])), in_last - 1 if len(train["files"]) == 1 else in_last)
+    if n < 1:
+        return
+    tail = np.fromfile(last, dtype=np.dtype(dtype).newbyteorder("<"), offset=(in_last - n) * itemsize)
+    tail.tofile(tmp / val["files"][0])
+    os.truncate(last, (in_last - n) * itemsize)
+    train["tokens"] -= n
+    val["tokens"] = n
+    val["from_train_tail"] = True
+
+
+def _check_size(meta: dict, block_size: int | None, out: Path) -> None:
+    need = (block_size or 1) + 1
+    have = meta["splits"]["train"]["tokens"]
+    if have < need:
+        raise UserError(f"the training split of {out} has {have} tokens but a block of {block_size or 1} needs "
+                        f"{need}; add data or lower the block size")
+
+
+def _replace_dir(tmp: Path, out: Path) -> None:
+    """Rename `tmp` to `out`, replacing an old result only after the new one is complete."""
+    if out.exists():
+        old = out.parent / f".{out.name}.old-{os.getpid()}"
+        out.rename(old)
+        tmp.rename(out)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        tmp.rename(out)
+
+
+def _summary(meta: dict) -> str:
+    t, v = meta["splits"]["train"], meta["splits"]["val"]
+    return (f"train {t['tokens']:,} tokens / {t['documents']:,} docs, val {v['tokens']:,} tokens / "
+            f"{v['documents']:,} docs, {meta['dtype']}")
+
+
+def ensure_prepared(
+    data: Sequence[str] | str,
+    tokenizer: Tokenizer | str,
+    cache_dir: str | os.PathLike | None = None,
+    **options,
+) -> Path:
+    """A prepared directory for `data`: `data` itself when it is one (its tokenizer must match), else a cached
+    preparation under `cache_dir/<fingerprint>` (default $GPT2KIT_CACHE or ~/.cache/gpt2kit/data), reused
+    while sources, tokenizer and options are unchanged."""
+    from gpt2kit.tokenizer import load_tokenizer
+
+    tokenizer = load_tokenizer(tokenizer)
+    if isinstance(data, (str, os.PathLike)):
+        data = [str(data)]
+    data = [str(d) for d in data]
+    if len(data) == 1 and (Path(data[0]).expanduser() / "meta.json").is_file():
+        d = Path(data[0]).expanduser()
+        meta = read_meta(d)
+        if meta["tokenizer_sha256"] != tokenizer.sha256:
+            raise UserError(
+                f"{d} was prepared with a different tokenizer (vocab {meta['vocab_size']}, sha256 "
+                f"{meta['tokenizer_sha256'][:12]}, saved as {d / 'tokenizer.json'}) than the one given (vocab "
+                f"{tokenizer.vocab_size}, sha256 {tokenizer.sha256[:12]}); pass --tokenizer {d} or re-run prepare"
+            )
+        if options.get("block_size"):
+            _check_size(meta, options["block_size"], d)
+        return d
+    source_options = {k: v for k, v in options.items()
+                      if k in ("text_column", "include", "exclude", "streaming", "split", "limit") and v is not None}
+    corpus = open_sources(data, **source_options)
+    key = hashlib.sha256(json.dumps({
+        "sources": corpus.fingerprint(), "tokenizer": tokenizer.sha256,
+        "options": {k: v for k, v in sorted(options.items()) if k not in ("workers", "progress", "block_size")},
+    }, sort_keys=True, default=str).encode()).hexdigest()[:20]
+    out = Path(cache_dir).expanduser() if cache_dir else default_cache_dir()
+    out = out / key
+    prepare(data, tokenizer, out, **options)
+    return out

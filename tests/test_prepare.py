@@ -1,0 +1,236 @@
+"""prepare: shards decode to the documents + EOS, stable disjoint splits, reuse, atomicity, bad input."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from gpt2kit.cli import main
+from gpt2kit.errors import UserError
+from gpt2kit.prepare import ensure_prepared, is_val, load_split, prepare, read_meta
+from gpt2kit.sources import open_sources
+from gpt2kit.tokenizer import load_tokenizer
+
+DOCS = [
+    "def f(x):\n    return x + 1\n",
+    "Hello world, with <|endoftext|> inside the text.",
+    "unicode: héllo wörld 你好 🤗\n\n\t  trailing   ",
+    "class A:\n    pass\n" * 20,
+] + [f"document number {i}: " + "lorem ipsum " * (i % 7 + 1) for i in range(60)]
+
+
+@pytest.fixture(scope="module")
+def gpt2():
+    return load_tokenizer("gpt2")
+
+
+def make_corpus(root: Path, docs=DOCS) -> Path:
+    root.mkdir(parents=True, exist_ok=True)
+    for i, text in enumerate(docs):
+        (root / f"sub{i % 3}").mkdir(exist_ok=True)
+        (root / f"sub{i % 3}" / f"doc{i:03d}.txt").write_text(text, encoding="utf-8")
+    return root
+
+
+def split_tokens(out: Path, split: str) -> np.ndarray:
+    parts = load_split(out, split)
+    return np.concatenate(parts) if parts else np.zeros(0, np.uint16)
+
+
+def expected(tok, corpus, val_fraction, split):
+    ids = []
+    for d in open_sources([str(corpus)]):
+        if is_val(d.key, val_fraction) == (split == "val"):
+            ids += tok.encode(d.text) + [tok.eos_id]
+    return ids
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_shards_decode_to_documents_plus_eos(tmp_path, gpt2, workers):
+    corpus = make_corpus(tmp_path / "corpus")
+    meta = prepare([str(corpus)], gpt2, tmp_path / "out", val_fraction=0.2, workers=workers, shard_tokens=50,
+                   progress=False)
+    assert meta["format"] == "gpt2kit-tokens" and meta["version"] == 1 and meta["dtype"] == "uint16"
+    assert meta["vocab_size"] == 50257 and meta["eos_id"] == 50256 and meta["tokenizer_sha256"] == gpt2.sha256
+    assert len(meta["splits"]["train"]["files"]) > 1  # small shards: documents cross shard boundaries
+    for split in ("train", "val"):
+        got = split_tokens(tmp_path / "out", split).tolist()
+        assert got == expected(gpt2, corpus, 0.2, split)
+        assert meta["splits"][split]["tokens"] == len(got)
+    assert meta["splits"]["train"]["documents"] + meta["splits"]["val"]["documents"] == len(DOCS)
+    assert 0 < meta["splits"]["val"]["documents"] < len(DOCS)
+    # raw little-endian files, readable without us
+    raw = np.fromfile(tmp_path / "out" / "train-00000.bin", dtype="<u2")
+    assert raw.tolist() == split_tokens(tmp_path / "out", "train")[: len(raw)].tolist()
+    # the literal special-token text is plain text, never the EOS id
+    assert (split_tokens(tmp_path / "out", "train") == 50256).sum() + (
+        split_tokens(tmp_path / "out", "val") == 50256).sum() == len(DOCS)
+    assert load_tokenizer(tmp_path / "out").sha256 == gpt2.sha256
+
+
+def test_split_is_disjoint_and_stable(tmp_path, gpt2):
+    corpus = make_corpus(tmp_path / "corpus")
+    prepare([str(corpus)], gpt2, tmp_path / "a", val_fraction=0.3, progress=False)
+    # same corpus elsewhere, plus one new document: earlier documents keep their side
+    corpus2 = make_corpus(tmp_path / "corpus2", DOCS + ["a brand new document"])
+    prepare([str(corpus2)], gpt2, tmp_path / "b", val_fraction=0.3, progress=False)
+    keys = [d.key for d in open_sources([str(corpus)])]
+    val = {k for k in keys if is_val(k, 0.3)}
+    assert val and val != set(keys)
+    assert split_tokens(tmp_path / "a", "val").tolist() == expected(gpt2, corpus, 0.3, "val")
+    b_val = split_tokens(tmp_path / "b", "val").tolist()
+    a_val = split_tokens(tmp_path / "a", "val").tolist()
+    assert b_val[: len(a_val)] == a_val or set(a_val) <= set(b_val)
+
+
+def test_rerun_reuses_and_change_redoes(tmp_path, gpt2, capsys):
+    corpus = make_corpus(tmp_path / "corpus")
+    prepare([str(corpus)], gpt2, tmp_path / "out", progress=False)
+    mtime = (tmp_path / "out" / "meta.json").stat().st_mtime_ns
+    prepare([str(corpus)], gpt2, tmp_path / "out", progress=True)
+    assert "up to date" in capsys.readouterr().err
+    assert (tmp_path / "out" / "meta.json").stat().st_mtime_ns == mtime
+    (corpus / "sub0" / "new.txt").write_text("more text here")
+    meta = prepare([str(corpus)], gpt2, tmp_path / "out", progress=False)
+    assert meta["splits"]["train"]["documents"] + meta["splits"]["val"]["documents"] == len(DOCS) + 1
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".out")]  # no temp dirs left
+
+
+def test_single_document_gets_val_from_tail(tmp_path, gpt2):
+    (tmp_path / "one.txt").write_text("one long document " * 200)
+    meta = prepare([str(tmp_path / "one.txt")], gpt2, tmp_path / "out", val_fraction=0.1, progress=False)
+    val, train = meta["splits"]["val"], meta["splits"]["train"]
+    assert val["from_train_tail"] and val["tokens"] > 0
+    whole = gpt2.encode("one long document " * 200) + [gpt2.eos_id]
+    assert split_tokens(tmp_path / "out", "train").tolist() + split_tokens(tmp_path / "out", "val").tolist() == whole
+    assert train["tokens"] + val["tokens"] == len(whole)
+
+
+def test_trained_tokenizer_uint16_and_jsonl(tmp_path):
+    from gpt2kit.tokenizer import train_tokenizer
+
+    rows = [{"text": t, "id": i} for i, t in enumerate(DOCS)]
+    (tmp_path / "d.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    tok = train_tokenizer([str(tmp_path / "d.jsonl")], 300)
+    meta = prepare([str(tmp_path / "d.jsonl")], tok, tmp_path / "out", val_fraction=0.0, progress=False)
+    assert meta["dtype"] == "uint16" and meta["vocab_size"] == 300
+    want = [i for t in DOCS for i in tok.encode(t) + [tok.eos_id]]
+    assert split_tokens(tmp_path / "out", "train").tolist() == want
+
+
+def test_ensure_prepared_caches_and_checks_tokenizer(tmp_path, gpt2, monkeypatch):
+    from gpt2kit.tokenizer import train_tokenizer
+
+    corpus = make_corpus(tmp_path / "corpus")
+    monkeypatch.setenv("GPT2KIT_CACHE", str(tmp_path / "cache"))
+    d1 = ensure_prepared([str(corpus)], gpt2, progress=False)
+    d2 = ensure_prepared([str(corpus)], gpt2, progress=False)
+    assert d1 == d2 and d1.parent == tmp_path / "cache" and read_meta(d1)["tokenizer_sha256"] == gpt2.sha256
+    assert ensure_prepared([str(d1)], gpt2) == d1
+    other = train_tokenizer([str(corpus)], 300)
+    with pytest.raises(UserError, match="different tokenizer"):
+        ensure_prepared([str(d1)], other)
+
+
+def test_engine_disagreement_falls_back(tmp_path, gpt2, monkeypatch, capsys):
+    corpus = make_corpus(tmp_path / "corpus")
+    tok = load_tokenizer("gpt2")
+    monkeypatch.setattr(tok, "reference_encode", lambda text: [0])  # pretend the engines disagree
+    meta = prepare([str(corpus)], tok, tmp_path / "out", progress=False)
+    assert meta["engine"] == "tokenizers" and "disagree" in capsys.readouterr().err
+
+
+# -- bad input ----------------------------------------------------------------------------------------
+def run_cli(capsys, *argv):
+    rc = main(list(argv))
+    err = capsys.readouterr().err
+    return rc, err
+
+
+def assert_one_error(rc, err, *needles):
+    lines = [line for line in err.strip().splitlines() if line]
+    assert rc == 2, err
+    assert len(lines) == 1 and lines[0].startswith("error: ") and "Traceback" not in err, err
+    for n in needles:
+        assert n in lines[0], lines[0]
+
+
+def test_cli_missing_path(tmp_path, capsys):
+    rc, err = run_cli(capsys, "prepare", "--data", str(tmp_path / "nope.txt"), "--tokenizer", "gpt2", "--out",
+                      str(tmp_path / "out"))
+    assert_one_error(rc, err, "not found", "nope.txt")
+    assert not (tmp_path / "out").exists()
+
+
+def test_cli_empty_corpus(tmp_path, capsys):
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "empty" / "blob.bin").write_bytes(b"\x00\x01\x02" * 10)
+    rc, err = run_cli(capsys, "prepare", "--data", str(tmp_path / "empty"), "--tokenizer", "gpt2", "--out",
+                      str(tmp_path / "out"), "--quiet")
+    assert_one_error(rc, err, "no documents", "1 binary")
+    assert not (tmp_path / "out").exists() and not list(tmp_path.glob(".out*"))
+
+
+def test_cli_too_small_for_block(tmp_path, capsys):
+    (tmp_path / "a.txt").write_text("just a few tokens")
+    rc, err = run_cli(capsys, "prepare", "--data", str(tmp_path / "a.txt"), "--tokenizer", "gpt2", "--out",
+                      str(tmp_path / "out"), "--block-size", "64", "--val-fraction", "0", "--quiet")
+    assert_one_error(rc, err, "has 5 tokens", "needs 65")
+    assert not (tmp_path / "out").exists()
+
+
+def test_cli_unknown_text_column(tmp_path, capsys):
+    (tmp_path / "d.jsonl").write_text('{"content": "x", "meta": 1}\n')
+    rc, err = run_cli(capsys, "prepare", "--data", str(tmp_path / "d.jsonl"), "--tokenizer", "gpt2", "--out",
+                      str(tmp_path / "out"))
+    assert_one_error(rc, err, "'text'", "content, meta", "--text-column")
+
+
+def test_cli_refuses_foreign_out_dir(tmp_path, capsys):
+    (tmp_path / "a.txt").write_text("some text " * 10)
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "precious.txt").write_text("keep me")
+    rc, err = run_cli(capsys, "prepare", "--data", str(tmp_path / "a.txt"), "--tokenizer", "gpt2", "--out",
+                      str(tmp_path / "out"))
+    assert_one_error(rc, err, "not a prepared data directory")
+    assert (tmp_path / "out" / "precious.txt").read_text() == "keep me"
+
+
+def test_old_format_and_damaged_meta(tmp_path, gpt2, capsys):
+    (tmp_path / "a.txt").write_text("some text " * 10)
+    prepare([str(tmp_path / "a.txt")], gpt2, tmp_path / "out", progress=False)
+    meta = json.loads((tmp_path / "out" / "meta.json").read_text())
+    meta["version"] = 0
+    (tmp_path / "out" / "meta.json").write_text(json.dumps(meta))
+    with pytest.raises(UserError, match="older gpt2kit"):
+        read_meta(tmp_path / "out")
+    meta["version"] = 1
+    meta["splits"]["train"]["tokens"] += 1
+    (tmp_path / "out" / "meta.json").write_text(json.dumps(meta))
+    with pytest.raises(UserError, match="damaged"):
+        read_meta(tmp_path / "out")
+    with pytest.raises(UserError, match="not a prepared data directory"):
+        read_meta(tmp_path)
+
+
+def test_cli_json_output_and_console_script(tmp_path):
+    corpus = make_corpus(tmp_path / "corpus", DOCS[:10])
+    out = subprocess.run(
+        [sys.executable, "-m", "gpt2kit", "prepare", "--data", str(corpus), "--tokenizer", "gpt2", "--out",
+         str(tmp_path / "out"), "--json", "--workers", "1"],
+        capture_output=True, text=True, env={"HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin"}, timeout=120,
+    )
+    assert out.returncode == 0, out.stderr
+    meta = json.loads(out.stdout)
+    assert meta["splits"]["train"]["documents"] + meta["splits"]["val"]["documents"] == 10
+    bad = subprocess.run(
+        [sys.executable, "-m", "gpt2kit", "prepare", "--data", str(tmp_path / "missing"), "--tokenizer", "gpt2",
+         "--out", str(tmp_path / "o2")],
+        capture_output=True, text=True, env={"HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin"}, timeout=120,
+    )
+    assert bad.returncode == 2 and bad.stderr.startswith("error: ") and "Traceback" not in bad.stderr
