@@ -1,0 +1,147 @@
+"""`gpt2kit eval --model SRC --data SRC | --humaneval`: perplexity and bits per byte, or HumanEval pass@k."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+ORDER = 60
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "eval",
+        help="evaluate a model: perplexity / bits per byte, or HumanEval pass@k",
+        description="With --data: token-weighted loss, perplexity and bits per byte over the documents of "
+        "a source (file, directory, .jsonl/.csv/.parquet, Hugging Face dataset, `stdlib`), each document "
+        "scored whole with a sliding window. With --humaneval: pass@k on OpenAI's HumanEval problems, "
+        "each completion run in a separate, guarded process.",
+    )
+    p.add_argument("--model", required=True, help="run dir, checkpoint dir, Hugging Face dir or hub name")
+    p.add_argument("--tokenizer", help="tokenizer to use when none is saved with the model")
+    p.add_argument("--device", default="auto", help="cpu, cuda, mps or auto (default)")
+    p.add_argument("--json", action="store_true", help="print the results as JSON on stdout")
+    d = p.add_argument_group("perplexity (--data)")
+    d.add_argument("--data", action="append", help="a data source (repeat for several)")
+    d.add_argument("--context", type=int, help="tokens the model reads per window (default: block_size)")
+    d.add_argument("--stride", type=int, help="tokens a window moves on (default: context / 2)")
+    d.add_argument("--batch-size", type=int, default=8, help="windows per forward pass (default 8)")
+    d.add_argument("--limit-docs", type=int, help="evaluate only the first N documents")
+    d.add_argument("--text-column", help="column holding the text in tables / datasets (default text)")
+    d.add_argument("--include", action="append", help="glob of files to read in directories (e.g. '*.py')")
+    d.add_argument("--split", help="dataset split for Hugging Face datasets")
+    h = p.add_argument_group("HumanEval (--humaneval)")
+    h.add_argument("--humaneval", action="store_true", help="run HumanEval")
+    h.add_argument("--num-samples", type=int, default=1, help="completions per problem, n (default 1)")
+    h.add_argument("--k", default="1,10,100", help="pass@k values, those <= n are reported (default 1,10,100)")
+    h.add_argument("--temperature", type=float, default=None,
+                   help="sampling temperature (default: 0 = greedy for n=1, else 0.8)")
+    h.add_argument("--top-p", type=float, default=0.95, help="nucleus sampling (default 0.95)")
+    h.add_argument("--max-new-tokens", type=int, default=384, help="per completion (default 384)")
+    h.add_argument("--limit", type=int, help="only the first N problems")
+    h.add_argument("--timeout", type=float, default=5.0, help="seconds per program (default 5)")
+    h.add_argument("--workers", type=int, default=2, help="programs run in parallel (default 2)")
+    h.add_argument("--seed", type=int, default=0, help="sampling seed (default 0)")
+    h.add_argument("--samples-out", help="write every completion and its result to this .jsonl file")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from gpt2kit.errors import UserError
+
+    if not args.data and not args.humaneval:
+        raise UserError("nothing to evaluate; pass --data SRC (perplexity) or --humaneval")
+    for flag in ("batch_size", "num_samples", "max_new_tokens", "workers"):
+        if getattr(args, flag) < 1:
+            raise UserError(f"--{flag.replace('_', '-')} must be >= 1, got {getattr(args, flag)}")
+    for flag in ("context", "stride", "limit", "limit_docs"):
+        if getattr(args, flag) is not None and getattr(args, flag) < 1:
+            raise UserError(f"--{flag.replace('_', '-')} must be >= 1, got {getattr(args, flag)}")
+    ks = parse_ks(args.k)
+
+    from gpt2kit.generate import load_model_and_tokenizer
+
+    model, tok = load_model_and_tokenizer(args.model, args.tokenizer, args.device)
+    results: dict = {"model": args.model}
+    if args.data:
+        results["data"] = run_perplexity(args, model, tok)
+    if args.humaneval:
+        results["humaneval"] = run_humaneval(args, model, tok, ks)
+    if args.json:
+        print(json.dumps(results if args.data and args.humaneval else results.get("data") or results["humaneval"],
+                         indent=2))
+    else:
+        print_table(results)
+    return 0
+
+
+def parse_ks(text: str) -> list[int]:
+    from gpt2kit.errors import UserError
+
+    try:
+        ks = sorted({int(k) for k in text.split(",") if k.strip()})
+    except ValueError:
+        ks = []
+    if not ks or min(ks) < 1:
+        raise UserError(f"--k must be positive integers separated by commas (e.g. 1,10,100), got {text!r}")
+    return ks
+
+
+def run_perplexity(args: argparse.Namespace, model, tok) -> dict:
+    from itertools import islice
+
+    from gpt2kit.evaluate import evaluate_texts
+    from gpt2kit.sources import open_sources
+
+    corpus = open_sources(args.data, text_column=args.text_column, include=args.include, split=args.split)
+    texts = (doc.text for doc in corpus)
+    if args.limit_docs:
+        texts = islice(texts, args.limit_docs)
+    context = args.context or model.config.block_size
+    stride = args.stride or max(1, context // 2)
+    res = evaluate_texts(model, tok, texts, context=context, stride=stride, batch_size=args.batch_size,
+                         progress=True)
+    return {**res.to_dict(), "context": context, "stride": stride}
+
+
+def run_humaneval(args: argparse.Namespace, model, tok, ks: list[int]) -> dict:
+    from gpt2kit.humaneval import check_completions, generate_completions, load_problems, summarize
+
+    problems = load_problems(args.limit)
+    n = args.num_samples
+    temperature = args.temperature if args.temperature is not None else (0.0 if n == 1 else 0.8)
+
+    def progress(i: int, total: int) -> None:
+        print(f"humaneval: generated {i}/{total} problems", file=sys.stderr, flush=True)
+
+    completions = generate_completions(model, tok, problems, num_samples=n, max_new_tokens=args.max_new_tokens,
+                                       temperature=temperature, top_p=args.top_p, seed=args.seed,
+                                       progress=progress)
+    print(f"humaneval: running {sum(map(len, completions.values()))} programs", file=sys.stderr, flush=True)
+    results = check_completions(problems, completions, timeout=args.timeout, workers=args.workers)
+    if args.samples_out:
+        with open(args.samples_out, "w", encoding="utf-8") as f:
+            for task, rs in results.items():
+                for completion, r in zip(completions[task], rs):
+                    row = {"task_id": task, "completion": completion, "passed": r.passed, "result": r.result}
+                    f.write(json.dumps(row) + "\n")
+    return {**summarize(results, ks), "temperature": temperature, "max_new_tokens": args.max_new_tokens}
+
+
+def print_table(results: dict) -> None:
+    rows = []
+    if "data" in results:
+        d = results["data"]
+        rows += [("loss (nats/token)", f"{d['loss']:.4f}"), ("perplexity", f"{d['perplexity']:.3f}"),
+                 ("bits per byte", f"{d['bits_per_byte']:.4f}"), ("tokens", str(d["tokens"])),
+                 ("bytes", str(d["bytes"])), ("documents", str(d["documents"])),
+                 ("context / stride", f"{d['context']} / {d['stride']}")]
+    if "humaneval" in results:
+        h = results["humaneval"]
+        rows += [(k, f"{v:.4f}") for k, v in h.items() if k.startswith("pass@")]
+        rows += [("problems", str(h["problems"])), ("samples per problem", str(h["samples_per_problem"]))]
+    width = max(len(name) for name, _ in rows)
+    print(f"{'metric':<{width}}  value")
+    for name, value in rows:
+        print(f"{name:<{width}}  {value}")
