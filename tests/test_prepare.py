@@ -83,9 +83,11 @@ def test_split_is_disjoint_and_stable(tmp_path, gpt2):
     val = {k for k in keys if is_val(k, 0.3)}
     assert val and val != set(keys)
     assert split_tokens(tmp_path / "a", "val").tolist() == expected(gpt2, corpus, 0.3, "val")
-    b_val = split_tokens(tmp_path / "b", "val").tolist()
-    a_val = split_tokens(tmp_path / "a", "val").tolist()
-    assert b_val[: len(a_val)] == a_val or set(a_val) <= set(b_val)
+    val2 = {d.key for d in open_sources([str(corpus2)]) if is_val(d.key, 0.3)}
+    assert val2 - {"sub1/doc064.txt"} == val  # keys are relative paths: moving and growing keep the split
+    assert split_tokens(tmp_path / "b", "val").tolist() == expected(gpt2, corpus2, 0.3, "val")
+    train_keys = {d.key for d in open_sources([str(corpus)])} - val
+    assert not train_keys & val
 
 
 def test_rerun_reuses_and_change_redoes(tmp_path, gpt2, capsys):
@@ -218,19 +220,23 @@ def test_old_format_and_damaged_meta(tmp_path, gpt2, capsys):
         read_meta(tmp_path)
 
 
-def test_cli_json_output_and_console_script(tmp_path):
+def test_cli_json_output(tmp_path, capsys):
     corpus = make_corpus(tmp_path / "corpus", DOCS[:10])
-    out = subprocess.run(
-        [sys.executable, "-m", "gpt2kit", "prepare", "--data", str(corpus), "--tokenizer", "gpt2", "--out",
-         str(tmp_path / "out"), "--json", "--workers", "1"],
-        capture_output=True, text=True, env={"HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin"}, timeout=120,
-    )
-    assert out.returncode == 0, out.stderr
-    meta = json.loads(out.stdout)
+    rc = main(["prepare", "--data", str(corpus), "--tokenizer", "gpt2", "--out", str(tmp_path / "out"), "--json",
+               "--workers", "1"])
+    captured = capsys.readouterr()
+    assert rc == 0, captured.err
+    meta = json.loads(captured.out)
+    assert meta == read_meta(tmp_path / "out")
     assert meta["splits"]["train"]["documents"] + meta["splits"]["val"]["documents"] == 10
+
+
+def test_console_script_error(tmp_path):
+    script = Path(sys.executable).with_name("gpt2kit")
+    cmd = [str(script)] if script.exists() else [sys.executable, "-m", "gpt2kit"]
     bad = subprocess.run(
-        [sys.executable, "-m", "gpt2kit", "prepare", "--data", str(tmp_path / "missing"), "--tokenizer", "gpt2",
-         "--out", str(tmp_path / "o2")],
+        cmd + ["prepare", "--data", str(tmp_path / "missing"), "--tokenizer", "gpt2", "--out", str(tmp_path / "o")],
         capture_output=True, text=True, env={"HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin"}, timeout=120,
     )
-    assert bad.returncode == 2 and bad.stderr.startswith("error: ") and "Traceback" not in bad.stderr
+    assert bad.returncode == 2 and bad.stderr.startswith("error: data not found") and "Traceback" not in bad.stderr
+    assert len(bad.stderr.strip().splitlines()) == 1 and not (tmp_path / "o").exists()

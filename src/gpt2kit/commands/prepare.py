@@ -28,9 +28,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from gpt2kit.prepare import prepare
-    from gpt2kit.sources import source_options
+    from gpt2kit.sources import open_sources, source_options
     from gpt2kit.tokenizer import load_tokenizer
 
+    open_sources(args.data, **source_options(args))  # a mistyped path fails before the tokenizer loads
     tokenizer = load_tokenizer(args.tokenizer)
     meta = prepare(args.data, tokenizer, args.out, val_fraction=args.val_fraction, workers=args.workers,
                    block_size=args.block_size, shard_tokens=args.shard_tokens, force=args.force,
