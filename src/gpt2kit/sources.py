@@ -365,3 +365,31 @@ def source_options(args) -> dict:
         "streaming": args.streaming,
         "limit": args.limit,
     }
+
+
+def iter_rows(sources: Sequence[str] | str, columns: Sequence[str], **options) -> Iterator[dict]:
+    """Rows of table files / datasets holding every column in `columns` (for supervised pairs).
+
+    A missing column is a UserError that lists the columns found."""
+    if isinstance(sources, (str, os.PathLike)):
+        sources = [str(sources)]
+    options = {k: v for k, v in options.items() if v is not None and k in ("streaming", "split", "limit")}
+    limit = options.pop("limit", None)
+    n = 0
+    for spec in sources:
+        src = Source(str(spec), **options)
+        if src.kind == "table":
+            rows = src._rows(src.path)
+        elif src.kind in ("saved_dataset", "hub"):
+            rows = iter(src._load_dataset())
+        else:
+            raise UserError(f"{spec}: supervised data must be a .jsonl/.json/.csv/.parquet file or a dataset "
+                            f"with columns {', '.join(columns)}")
+        for row in rows:
+            missing = [c for c in columns if not isinstance(row, dict) or c not in row]
+            if missing:
+                raise UserError(_unknown_column(missing[0], list(row) if isinstance(row, dict) else [], spec))
+            if limit is not None and n >= limit:
+                return
+            n += 1
+            yield row
