@@ -118,3 +118,24 @@ def test_cli_eval_needs_data_or_humaneval(capsys):
     rc = main(["eval", "--model", "whatever"])
     err = capsys.readouterr().err
     assert rc == 2 and err.startswith("error: ") and "--data" in err
+
+
+def test_prepared_directory_scores_like_the_texts(tok, tmp_path):
+    from gpt2kit.evaluate import evaluate_prepared
+    from gpt2kit.prepare import prepare
+
+    texts = [f"document {i}: " + "word " * (i % 7 + 1) + "é" * (i % 3) for i in range(40)]
+    (tmp_path / "docs.jsonl").write_text("".join(json.dumps({"text": t}) + "\n" for t in texts))
+    meta = prepare([str(tmp_path / "docs.jsonl")], tok, tmp_path / "prep", val_fraction=0.3, workers=1,
+                   progress=False)
+    assert not meta["splits"]["val"].get("from_train_tail")
+    model = build(vocab_size=tok.vocab_size, block_size=32)
+    parts = [evaluate_prepared(model, str(tmp_path / "prep"), s, context=32, stride=8) for s in ("train", "val")]
+    whole = evaluate_texts(model, tok, texts, context=32, stride=8)
+    # every document's own tokens are scored; its trailing EOS is the next one's separator
+    assert [p.tokens for p in parts] == [meta["splits"][s]["tokens"] - meta["splits"][s]["documents"]
+                                         for s in ("train", "val")]
+    assert sum(p.tokens for p in parts) == whole.tokens
+    assert sum(p.loss * p.tokens for p in parts) == pytest.approx(whole.loss * whole.tokens, rel=1e-5)
+    assert sum(p.bytes for p in parts) == whole.bytes
+    assert parts[1].bits_per_byte == pytest.approx(parts[1].loss * parts[1].tokens / math.log(2) / parts[1].bytes)

@@ -155,3 +155,49 @@ def evaluate_texts(
 
     return evaluate_token_documents(model, docs(), context=context, stride=stride, batch_size=batch_size,
                                     progress=progress)
+
+
+def evaluate_prepared(
+    model: GPT,
+    data_dir: str,
+    split: str = "val",
+    *,
+    context: int | None = None,
+    stride: int | None = None,
+    batch_size: int = 8,
+    limit_docs: int | None = None,
+    progress: bool = False,
+) -> EvalResult:
+    """The same numbers over a split of a prepared directory (`gpt2kit prepare`): its EOS-separated
+    documents are scored like `evaluate_texts` scores texts; bytes come from meta.json."""
+    import numpy as np
+
+    from gpt2kit.prepare import check_vocab, load_split, read_meta
+
+    meta = read_meta(data_dir)
+    check_vocab(meta["vocab_size"], model.config.vocab_size, data_dir)
+    eos = int(meta["eos_id"])
+
+    def docs():
+        n = 0
+        for shard in load_split(data_dir, split, meta):
+            arr = np.asarray(shard, dtype=np.int64)
+            start = 0
+            for end in [*np.flatnonzero(arr == eos).tolist(), len(arr)]:
+                if end > start:
+                    yield [eos, *arr[start:end].tolist()], 0
+                    n += 1
+                    if limit_docs is not None and n >= limit_docs:
+                        return
+                start = end + 1
+
+    res = evaluate_token_documents(model, docs(), context=context, stride=stride, batch_size=batch_size,
+                                   progress=progress)
+    info = meta["splits"][split]
+    # Bytes are only known for the whole split, and only when it was split by documents.
+    n_bytes = int(info.get("bytes") or 0)
+    if limit_docs is not None or info.get("from_train_tail") or not n_bytes:
+        res.bytes, res.bits_per_byte = 0, float("nan")
+    else:
+        res.bytes, res.bits_per_byte = n_bytes, res.loss * res.tokens / math.log(2) / n_bytes
+    return res

@@ -30,7 +30,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     d.add_argument("--limit-docs", type=int, help="evaluate only the first N documents")
     d.add_argument("--text-column", help="column holding the text in tables / datasets (default text)")
     d.add_argument("--include", action="append", help="glob of files to read in directories (e.g. '*.py')")
-    d.add_argument("--split", help="dataset split for Hugging Face datasets")
+    d.add_argument("--split", help="split of a prepared directory (default val) or a Hugging Face dataset")
     h = p.add_argument_group("HumanEval (--humaneval)")
     h.add_argument("--humaneval", action="store_true", help="run HumanEval")
     h.add_argument("--num-samples", type=int, default=1, help="completions per problem, n (default 1)")
@@ -69,8 +69,8 @@ def run(args: argparse.Namespace) -> int:
     if args.humaneval:
         results["humaneval"] = run_humaneval(args, model, tok, ks)
     if args.json:
-        print(json.dumps(results if args.data and args.humaneval else results.get("data") or results["humaneval"],
-                         indent=2))
+        out = results if args.data and args.humaneval else results.get("data") or results["humaneval"]
+        print(json.dumps(out, indent=2).replace("NaN", "null"))
     else:
         print_table(results)
     return 0
@@ -90,16 +90,22 @@ def parse_ks(text: str) -> list[int]:
 
 def run_perplexity(args: argparse.Namespace, model, tok) -> dict:
     from itertools import islice
+    from pathlib import Path
 
-    from gpt2kit.evaluate import evaluate_texts
+    from gpt2kit.evaluate import evaluate_prepared, evaluate_texts
     from gpt2kit.sources import open_sources
 
+    context = args.context or model.config.block_size
+    stride = args.stride or max(1, context // 2)
+    if len(args.data) == 1 and (Path(args.data[0]).expanduser() / "meta.json").is_file():  # `gpt2kit prepare` output
+        split = args.split or "val"
+        res = evaluate_prepared(model, args.data[0], split, context=context, stride=stride,
+                                batch_size=args.batch_size, limit_docs=args.limit_docs, progress=True)
+        return {**res.to_dict(), "context": context, "stride": stride, "split": split}
     corpus = open_sources(args.data, text_column=args.text_column, include=args.include, split=args.split)
     texts = (doc.text for doc in corpus)
     if args.limit_docs:
         texts = islice(texts, args.limit_docs)
-    context = args.context or model.config.block_size
-    stride = args.stride or max(1, context // 2)
     res = evaluate_texts(model, tok, texts, context=context, stride=stride, batch_size=args.batch_size,
                          progress=True)
     return {**res.to_dict(), "context": context, "stride": stride}
@@ -134,7 +140,7 @@ def print_table(results: dict) -> None:
     if "data" in results:
         d = results["data"]
         rows += [("loss (nats/token)", f"{d['loss']:.4f}"), ("perplexity", f"{d['perplexity']:.3f}"),
-                 ("bits per byte", f"{d['bits_per_byte']:.4f}"), ("tokens", str(d["tokens"])),
+                 ("bits per byte", f"{d['bits_per_byte']:.4f}" if d["bytes"] else "n/a (bytes unknown)"), ("tokens", str(d["tokens"])),
                  ("bytes", str(d["bytes"])), ("documents", str(d["documents"])),
                  ("context / stride", f"{d['context']} / {d['stride']}")]
     if "humaneval" in results:
