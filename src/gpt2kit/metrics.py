@@ -87,8 +87,9 @@ def peak_flops(device: torch.device, dtype: torch.dtype) -> float:
                 return value if dtype != torch.float32 else value / 2  # tf32 ~ half the bf16 peak
         return 100e12
     n = 1024
-    a = torch.randn(n, n, dtype=dtype)
-    b = torch.randn(n, n, dtype=dtype)
+    g = torch.Generator().manual_seed(0)  # never touch the global RNG: resumed runs must replay it exactly
+    a = torch.randn(n, n, generator=g).to(dtype)
+    b = torch.randn(n, n, generator=g).to(dtype)
     best = float("inf")
     for _ in range(5):
         t0 = time.perf_counter()

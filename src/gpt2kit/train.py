@@ -352,6 +352,8 @@ def train(cfg: TrainConfig, out: str | os.PathLike, resume: str | None = None, o
     metrics = MetricsLogger(out, resume_step=step if resume_ckpt else None,
                             wandb_config=cfg.to_dict() if t.wandb else None) if is_main else None
 
+    # Printed once set-up has succeeded, so a mistake found during set-up stays a single `error:` line.
+    log("config:\n  " + cfg.to_yaml().replace("\n", "\n  ").rstrip())
     log(f"model: {model_size(raw_model)} parameters, block {block_size}, vocab {raw_model.config.vocab_size}; "
         f"data: {meta['splits']['train']['tokens']:,} train / {val['tokens']:,} val tokens")
     log(f"device: {device} x{world}, precision: {mixed}, global batch {B * A * world} x {block_size} tokens")
@@ -373,7 +375,7 @@ def train(cfg: TrainConfig, out: str | os.PathLike, resume: str | None = None, o
                 x, y = x.to(device), y.to(device)
                 with accelerator.autocast():
                     logits = model(x)
-                total[0] += F.cross_entropy(logits.float().view(-1, V), y.view(-1), reduction="sum").double()
+                total[0] += F.cross_entropy(logits.float().view(-1, V), y.reshape(-1), reduction="sum").double()
                 total[1] += y.numel()
         model.train()
         total = accelerator.reduce(total, reduction="sum")
@@ -406,106 +408,108 @@ def train(cfg: TrainConfig, out: str | os.PathLike, resume: str | None = None, o
     bar = tqdm(total=t.max_steps, initial=step, disable=not is_main or quiet, dynamic_ncols=True,
                desc="train", unit="step", file=sys.stderr)
     t_window, tokens_window = time.time(), 0
-    with StopRequested() as stop:
-        while step < t.max_steps:
-            step += 1
-            lr = get_lr(step, cfg.optim, t.max_steps)
-            for group in optimizer.param_groups:
-                group["lr"] = lr
+    try:
+        with StopRequested() as stop:
+            while step < t.max_steps:
+                step += 1
+                lr = get_lr(step, cfg.optim, t.max_steps)
+                for group in optimizer.param_groups:
+                    group["lr"] = lr
 
-            # -- forward/backward over A micro-batches; the loss is the mean over all tokens of
-            # the global batch, so accumulation and data parallelism equal one big batch.
-            loss_sum = torch.zeros((), device=device, dtype=torch.float64)
-            scale = world / (B * A * world * block_size)  # DDP averages over ranks: undo that
-            for micro in range(A):
-                x, y = train_loader.next_batch()
-                x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-                sync = contextlib.nullcontext() if micro == A - 1 else accelerator.no_sync(model)
-                with sync, accelerator.autocast():
-                    logits = model(x)
-                    loss = F.cross_entropy(logits.float().view(-1, V), y.view(-1), reduction="sum")
-                    accelerator.backward(loss * scale)
-                loss_sum += loss.detach().double()
-            tokens_seen += tokens_per_step
-            tokens_window += tokens_per_step
+                # -- forward/backward over A micro-batches; the loss is the mean over all tokens of
+                # the global batch, so accumulation and data parallelism equal one big batch.
+                loss_sum = torch.zeros((), device=device, dtype=torch.float64)
+                scale = world / (B * A * world * block_size)  # DDP averages over ranks: undo that
+                for micro in range(A):
+                    x, y = train_loader.next_batch()
+                    x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+                    sync = contextlib.nullcontext() if micro == A - 1 else accelerator.no_sync(model)
+                    with sync, accelerator.autocast():
+                        logits = model(x)
+                        loss = F.cross_entropy(logits.float().view(-1, V), y.reshape(-1), reduction="sum")
+                        accelerator.backward(loss * scale)
+                    loss_sum += loss.detach().double()
+                tokens_seen += tokens_per_step
+                tokens_window += tokens_per_step
 
-            # -- clip and guard: a non-finite loss or gradient never reaches the weights
-            if cfg.optim.grad_clip > 0:
-                grad_norm = accelerator.clip_grad_norm_(raw_model.parameters(), cfg.optim.grad_clip)
-            else:
-                grad_norm = torch.linalg.vector_norm(
-                    torch.stack([p.grad.norm() for p in raw_model.parameters() if p.grad is not None]))
-            grad_norm = float(grad_norm)
-            step_loss = (accelerator.reduce(loss_sum, reduction="sum") / (tokens_per_step)).item()
-            if mixed == "fp16":  # the loss scaler skips overflowing steps and lowers the scale itself
-                optimizer.step()
-            elif math.isfinite(grad_norm) and math.isfinite(step_loss):
-                optimizer.step()
-                skipped = 0
-            else:
-                skipped += 1
-                msg = f"non-finite {'loss' if not math.isfinite(step_loss) else 'gradient'} at step {step}"
-                if t.nonfinite == "stop" or skipped >= t.max_skipped:
-                    optimizer.zero_grad(set_to_none=True)
-                    raise UserError(f"{msg}; stopped before it reached the weights (last good checkpoint: "
-                                    f"{last_ckpt or 'none'}); lower optim.lr or check the data")
-                log(f"{msg}: update skipped ({skipped} in a row)")
-            optimizer.zero_grad(set_to_none=True)
-
-            # -- stop conditions, agreed by all ranks
-            flags = torch.tensor([stop.signum or 0,
-                                  int(t.max_minutes is not None and time.time() - t_start > 60 * t.max_minutes)],
-                                 device=device)
-            flags = accelerator.reduce(flags, reduction="sum")
-            signum, time_up = int(flags[0]), bool(flags[1])
-            last_step = step == t.max_steps or time_up
-
-            # -- log
-            if step % t.log_every == 0 or last_step or step == 1:
-                dt = time.time() - t_window
-                tok_s = tokens_window / max(dt, 1e-9)
-                row = {"step": step, "tokens": tokens_seen, "loss": step_loss, "lr": lr, "grad_norm": grad_norm,
-                       "tok_s": tok_s, "mfu": tok_s * fpt / peak, "time": time.time() - t_start}
-                if metrics:
-                    metrics.log(row)
-                t_window, tokens_window = time.time(), 0
-                bar.set_postfix(loss=f"{step_loss:.3f}", lr=f"{lr:.2e}", tok_s=f"{tok_s:,.0f}",
-                                mfu=f"{100 * row['mfu']:.1f}%", refresh=False)
-            bar.update(1)
-
-            # -- evaluate once in a while, and at the end
-            evaluated = False
-            if (t.eval_every and step % t.eval_every == 0) or last_step:
-                last_val, _ = evaluate()
-                evaluated = True
-                if best_val is None or last_val < best_val:
-                    best_val, evals_since_best = last_val, 0
+                # -- clip and guard: a non-finite loss or gradient never reaches the weights
+                if cfg.optim.grad_clip > 0:
+                    grad_norm = accelerator.clip_grad_norm_(raw_model.parameters(), cfg.optim.grad_clip)
                 else:
-                    evals_since_best += 1
-                if metrics:
-                    metrics.log({"step": step, "val_loss": last_val, "val_ppl": math.exp(min(last_val, 50)),
-                                 "val_bpb": last_val / math.log(2) / bytes_per_token})
-                if is_main and not quiet:
-                    bar.write(f"step {step}: val loss {last_val:.4f}, ppl {math.exp(min(last_val, 50)):.2f}, "
-                              f"bpb {last_val / math.log(2) / bytes_per_token:.3f}", file=sys.stderr)
-                if t.early_stopping and evals_since_best >= t.early_stopping:
-                    log(f"early stopping: no better val loss in {t.early_stopping} evaluations")
-                    last_step = True
+                    grad_norm = torch.linalg.vector_norm(
+                        torch.stack([p.grad.norm() for p in raw_model.parameters() if p.grad is not None]))
+                grad_norm = float(grad_norm)
+                step_loss = (accelerator.reduce(loss_sum, reduction="sum") / (tokens_per_step)).item()
+                if mixed == "fp16":  # the loss scaler skips overflowing steps and lowers the scale itself
+                    optimizer.step()
+                elif math.isfinite(grad_norm) and math.isfinite(step_loss):
+                    optimizer.step()
+                    skipped = 0
+                else:
+                    skipped += 1
+                    msg = f"non-finite {'loss' if not math.isfinite(step_loss) else 'gradient'} at step {step}"
+                    if t.nonfinite == "stop" or skipped >= t.max_skipped:
+                        optimizer.zero_grad(set_to_none=True)
+                        raise UserError(f"{msg}; stopped before it reached the weights (last good checkpoint: "
+                                        f"{last_ckpt or 'none'}); lower optim.lr or check the data")
+                    log(f"{msg}: update skipped ({skipped} in a row)")
+                optimizer.zero_grad(set_to_none=True)
 
-            # -- checkpoint once in a while, at the end, and when asked to stop
-            if (t.ckpt_every and step % t.ckpt_every == 0) or last_step or signum:
-                if not evaluated:
-                    last_val = None  # only evaluated checkpoints compete for "best"
-                last_ckpt = checkpoint("signal" if signum else "end" if last_step else "periodic")
-            if signum:
-                exit_code = 128 + (signal.SIGINT if signum == signal.SIGINT else signal.SIGTERM)
-                log(f"stopped by {signal.Signals(signum).name} after step {step}; resume with --resume auto")
-                break
-            if last_step:
-                break
-    bar.close()
-    if metrics:
-        metrics.close()
+                # -- stop conditions, agreed by all ranks
+                flags = torch.tensor([stop.signum or 0,
+                                      int(t.max_minutes is not None and time.time() - t_start > 60 * t.max_minutes)],
+                                     device=device)
+                flags = accelerator.reduce(flags, reduction="sum")
+                signum, time_up = int(flags[0]), bool(flags[1])
+                last_step = step == t.max_steps or time_up
+
+                # -- log
+                if step % t.log_every == 0 or last_step or step == 1:
+                    dt = time.time() - t_window
+                    tok_s = tokens_window / max(dt, 1e-9)
+                    row = {"step": step, "tokens": tokens_seen, "loss": step_loss, "lr": lr, "grad_norm": grad_norm,
+                           "tok_s": tok_s, "mfu": tok_s * fpt / peak, "time": time.time() - t_start}
+                    if metrics:
+                        metrics.log(row)
+                    t_window, tokens_window = time.time(), 0
+                    bar.set_postfix(loss=f"{step_loss:.3f}", lr=f"{lr:.2e}", tok_s=f"{tok_s:,.0f}",
+                                    mfu=f"{100 * row['mfu']:.1f}%", refresh=False)
+                bar.update(1)
+
+                # -- evaluate once in a while, and at the end
+                evaluated = False
+                if (t.eval_every and step % t.eval_every == 0) or last_step:
+                    last_val, _ = evaluate()
+                    evaluated = True
+                    if best_val is None or last_val < best_val:
+                        best_val, evals_since_best = last_val, 0
+                    else:
+                        evals_since_best += 1
+                    if metrics:
+                        metrics.log({"step": step, "val_loss": last_val, "val_ppl": math.exp(min(last_val, 50)),
+                                     "val_bpb": last_val / math.log(2) / bytes_per_token})
+                    if is_main and not quiet:
+                        bar.write(f"step {step}: val loss {last_val:.4f}, ppl {math.exp(min(last_val, 50)):.2f}, "
+                                  f"bpb {last_val / math.log(2) / bytes_per_token:.3f}", file=sys.stderr)
+                    if t.early_stopping and evals_since_best >= t.early_stopping:
+                        log(f"early stopping: no better val loss in {t.early_stopping} evaluations")
+                        last_step = True
+
+                # -- checkpoint once in a while, at the end, and when asked to stop
+                if (t.ckpt_every and step % t.ckpt_every == 0) or last_step or signum:
+                    if not evaluated:
+                        last_val = None  # only evaluated checkpoints compete for "best"
+                    last_ckpt = checkpoint("signal" if signum else "end" if last_step else "periodic")
+                if signum:
+                    exit_code = 128 + (signal.SIGINT if signum == signal.SIGINT else signal.SIGTERM)
+                    log(f"stopped by {signal.Signals(signum).name} after step {step}; resume with --resume auto")
+                    break
+                if last_step:
+                    break
+    finally:  # also on errors, so the bar never prints after the error line
+        bar.close()
+        if metrics:
+            metrics.close()
     seconds = time.time() - t_start
     if is_main:
         try:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
 ORDER = 40
@@ -55,7 +54,6 @@ def run(args: argparse.Namespace) -> int:
     if args.print_config:
         print(cfg.to_yaml(), end="")
         return 0
-    print("config:\n  " + cfg.to_yaml().replace("\n", "\n  ").rstrip(), file=sys.stderr)
     from gpt2kit.train import train
 
     return train(cfg, args.out, resume=args.resume, overwrite=args.overwrite).exit_code

@@ -1,0 +1,159 @@
+"""`gpt2kit demo`: the CodeParrot chapter in miniature, on the Python standard library.
+
+tokenizer trained on stdlib code -> prepared shards (held-out modules for validation) -> a small
+GPT-2 trained from scratch for a bounded time -> validation loss / perplexity / bits per byte ->
+code completions -> exported to Hugging Face format and loaded back with `transformers.pipeline`.
+Every stage goes through the same code as the real commands. Re-running reuses tokenizer and data.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from gpt2kit.config import build_config
+from gpt2kit.errors import UserError
+
+PROMPTS = ["def fibonacci(n):", "class Stack:\n    def __init__(self):", "import os\n\n\ndef list_files(path):"]
+
+
+def say(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def _tokenizer(out: Path, vocab_size: int, limit: int | None):
+    """Train (or reuse) the byte-level BPE of the demo."""
+    from gpt2kit.tokenizer import bytes_per_token, load_tokenizer, train_tokenizer
+
+    tok_dir = out / "tokenizer"
+    stamp = {"vocab_size": vocab_size, "limit": limit}
+    if (tok_dir / "demo.json").exists() and json.loads((tok_dir / "demo.json").read_text()) == stamp:
+        tok = load_tokenizer(tok_dir)
+        say(f"[1/6] tokenizer: reusing {tok_dir} ({tok.vocab_size} ids)")
+        return tok
+    t0 = time.time()
+    say(f"[1/6] tokenizer: training a byte-level BPE ({vocab_size} ids) on the standard library ...")
+    tok = train_tokenizer(["stdlib"], vocab_size, limit=limit)
+    tok.save(tok_dir)
+    (tok_dir / "demo.json").write_text(json.dumps(stamp))
+    sample = "def greet(name):\n    return f'Hello, {name}!'\n\nfor i in range(10):\n    print(greet(i))\n"
+    gpt2_bpt = bytes_per_token(load_tokenizer("gpt2"), [sample])
+    say(f"      done in {time.time() - t0:.0f}s; {bytes_per_token(tok, [sample]):.2f} bytes/token on a code "
+        f"sample (GPT-2's own tokenizer: {gpt2_bpt:.2f})")
+    return tok
+
+
+def _calibrated_steps(model_overrides: dict, batch_size: int, block_size: int, minutes: float, precision: str) -> int:
+    """How many optimizer steps fit in `minutes`: time a few steps of the real model first,
+    so the cosine schedule ends where the time budget does."""
+    import torch.nn.functional as F
+
+    from gpt2kit.model import GPT, GPTConfig
+    from gpt2kit.train import resolve_precision
+
+    mixed = resolve_precision(precision, "cpu" if not torch.cuda.is_available() else "cuda")
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    model = GPT(GPTConfig.from_preset(**model_overrides)).to(device)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    x = torch.randint(0, model.config.vocab_size, (batch_size, block_size), device=device)
+    dtype = torch.bfloat16 if mixed == "bf16" else torch.float16
+
+    def step():
+        with torch.autocast(device, dtype=dtype, enabled=mixed != "no"):
+            loss = F.cross_entropy(model(x).float().flatten(0, 1), x.flatten())
+        loss.backward()
+        opt.step()
+        opt.zero_grad()
+
+    step()
+    t0 = time.time()
+    for _ in range(3):
+        step()
+    per_step = (time.time() - t0) / 3 * 1.1  # evaluation and checkpoints take some time too
+    return max(20, int(minutes * 60 / per_step))
+
+
+def run_demo(out: str | Path = "runs/demo", minutes: float = 5.0, max_steps: int | None = None,
+             preset: str = "mini", vocab_size: int = 8192, block_size: int = 256, batch_size: int = 16,
+             limit: int | None = None, precision: str = "auto", max_new_tokens: int = 64) -> dict:
+    """Run the whole demo; returns the summary it prints."""
+    from gpt2kit.checkpoint import load_model
+    from gpt2kit.generate import generate_text
+    from gpt2kit.hf import export
+    from gpt2kit.prepare import ensure_prepared, read_meta
+    from gpt2kit.train import train
+
+    t_start = time.time()
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    say(f"gpt2kit demo: a GPT-2 trained from scratch on this Python's standard library -> {out}/")
+
+    tok = _tokenizer(out, vocab_size, limit)
+
+    t0 = time.time()
+    say("[2/6] data: tokenizing the standard library into shards (reused when unchanged) ...")
+    data_dir = ensure_prepared(["stdlib"], tok, cache_dir=out / "data", val_fraction=0.05, limit=limit)
+    meta = read_meta(data_dir)
+    tr, va = meta["splits"]["train"], meta["splits"]["val"]
+    say(f"      {tr['documents']:,} train modules ({tr['tokens']:,} tokens), {va['documents']:,} held-out modules "
+        f"({va['tokens']:,} tokens) in {time.time() - t0:.0f}s")
+
+    model_over = {"name": preset, "vocab_size": tok.vocab_size, "block_size": block_size}
+    if max_steps is None:
+        max_steps = _calibrated_steps(model_over, batch_size, block_size, minutes, precision)
+    say(f"[3/6] training a '{preset}' GPT-2 for {max_steps} steps (~{minutes:g} min budget) ...")
+    every = max(10, max_steps // 10)
+    cfg = build_config(None, {
+        "data.sources": str(data_dir), "model.preset": preset, "model.block_size": str(block_size),
+        "optim.lr": "2e-3", "optim.min_lr": "2e-4", "optim.warmup_steps": str(min(100, max_steps // 10)),
+        "train.max_steps": str(max_steps), "train.max_minutes": str(minutes * 1.5),
+        "train.batch_size": str(batch_size), "train.eval_every": str(every), "train.ckpt_every": str(every),
+        "train.eval_batches": "20", "train.log_every": "5", "train.precision": precision,
+    })
+    run_dir = out / "run"
+    result = train(cfg, run_dir, overwrite=True)
+    if result.last_val_loss is None:
+        raise UserError("training stopped before its final evaluation")
+    val_rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if "val_loss" in line]
+    final = val_rows[-1]
+
+    say("[4/6] validation (held-out stdlib modules):")
+    say(f"      loss {final['val_loss']:.3f}   perplexity {final['val_ppl']:.2f}   bits per byte {final['val_bpb']:.3f}")
+
+    say("[5/6] completions (temperature 0.2, top-k 40):")
+    model = load_model(str(run_dir))
+    completions = generate_text(model, tok, PROMPTS, max_new_tokens, temperature=0.2, top_k=40, seed=0,
+                                stop=["\n\n\n", "\nclass ", "\nif __name__"])
+    for prompt, c in zip(PROMPTS, completions):
+        print(f"----- {prompt.splitlines()[0]}\n{prompt}{c.text}", flush=True)
+
+    say("[6/6] export to Hugging Face format, loaded back with transformers.pipeline:")
+    hf_dir = export(model, out / "hf", tokenizer=tok, overwrite=True)
+    from transformers import pipeline
+
+    pipe = pipeline("text-generation", model=str(hf_dir), device="cpu")
+    hf_text = pipe(PROMPTS[0], max_new_tokens=24, do_sample=False)[0]["generated_text"]
+    print(f"----- transformers.pipeline('{PROMPTS[0]}')\n{hf_text}", flush=True)
+
+    summary = {
+        "steps": result.step, "tokens": result.tokens, "train_minutes": round(result.seconds / 60, 2),
+        "val_loss": final["val_loss"], "val_ppl": final["val_ppl"], "val_bpb": final["val_bpb"],
+        "run": str(run_dir), "checkpoint": str(result.checkpoint), "hf_export": str(hf_dir),
+        "loss_curve": str(run_dir / "loss.png"), "total_minutes": round((time.time() - t_start) / 60, 2),
+    }
+    say("\nsummary")
+    say(f"  trained {summary['steps']} steps / {summary['tokens']:,} tokens in {summary['train_minutes']} min; "
+        f"val perplexity {summary['val_ppl']:.2f} ({summary['val_bpb']:.3f} bits/byte)")
+    say(f"  run dir     {run_dir}  (metrics.jsonl, tensorboard/, checkpoints/)")
+    say(f"  loss curve  {summary['loss_curve']}")
+    say(f"  HF model    {hf_dir}  (AutoModelForCausalLM.from_pretrained('{hf_dir}'))")
+    say(f"  next        gpt2kit generate --model {run_dir} --prompt 'def quicksort(xs):'")
+    say(f"  total time  {summary['total_minutes']} min")
+    if not math.isfinite(summary["val_loss"]):
+        raise UserError("validation loss is not finite")
+    return summary
