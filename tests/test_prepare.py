@@ -240,3 +240,11 @@ def test_console_script_error(tmp_path):
     )
     assert bad.returncode == 2 and bad.stderr.startswith("error: data not found") and "Traceback" not in bad.stderr
     assert len(bad.stderr.strip().splitlines()) == 1 and not (tmp_path / "o").exists()
+
+
+def test_model_vocab_mismatch_is_a_user_error():
+    from gpt2kit.prepare import check_vocab
+
+    check_vocab(50257, 50304)
+    with pytest.raises(UserError, match="50257 ids but the model has model.vocab_size 1000"):
+        check_vocab(50257, 1000)
