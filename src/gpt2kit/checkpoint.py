@@ -56,11 +56,13 @@ def write_text_atomic(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
-def save_model_files(model: GPT, directory: Path) -> None:
-    """model.safetensors (HF names, tied lm_head stored once) + config.json."""
+def save_model_files(model: GPT, directory: Path, state_dict: dict | None = None) -> None:
+    """model.safetensors (HF names, tied lm_head stored once) + config.json.
+
+    state_dict: the full weights when they are not simply `model.state_dict()` (FSDP gathers them)."""
     from safetensors.torch import save_file
 
-    sd = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
+    sd = {k: v.detach().contiguous() for k, v in (state_dict or model.state_dict()).items()}
     if model.config.tie_embeddings:
         sd.pop("lm_head.weight", None)
     save_file(sd, directory / "model.safetensors", metadata={"format": "pt", "producer": "gpt2kit"})
@@ -76,6 +78,7 @@ def save_checkpoint(
     optimizer_state: dict | None = None,
     tokenizer=None,
     extra_files: dict[str, str] | None = None,
+    state_dict: dict | None = None,
 ) -> Path:
     """Write checkpoint `step` atomically under `ckpt_root`; returns its directory.
 
@@ -86,7 +89,7 @@ def save_checkpoint(
     final = ckpt_root / f"step-{step:08d}"
     tmp = Path(tempfile.mkdtemp(prefix=f".tmp-step-{step:08d}-", dir=ckpt_root))
     try:
-        save_model_files(model, tmp)
+        save_model_files(model, tmp, state_dict)
         (tmp / "state.json").write_text(json.dumps(state, indent=1) + "\n")
         if optimizer_state is not None:
             torch.save(optimizer_state, tmp / "optimizer.pt")

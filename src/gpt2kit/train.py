@@ -383,6 +383,7 @@ def train(cfg: TrainConfig, out: str | os.PathLike, resume: str | None = None, o
 
     def checkpoint(reason: str) -> Path | None:
         rngs = gather_object([rng_state()])
+        weights = accelerator.get_state_dict(model)  # a collective under FSDP: every rank calls it
         path = None
         if is_main:
             state = {"step": step, "tokens": tokens_seen, "best_val_loss": best_val, "last_val_loss": last_val,
@@ -390,7 +391,7 @@ def train(cfg: TrainConfig, out: str | os.PathLike, resume: str | None = None, o
                      "world_size": world, "reason": reason}
             opt = {"optimizer": optimizer.state_dict()}
             path = save_checkpoint(out / "checkpoints", step, raw_model, state, opt, tokenizer,
-                                   extra_files={"config.yaml": cfg.to_yaml()})
+                                   extra_files={"config.yaml": cfg.to_yaml()}, state_dict=weights)
             best_name = (out / "checkpoints" / "best").read_text().strip() if (out / "checkpoints" / "best").exists() else ""
             if last_val is not None and best_val is not None and last_val <= best_val:
                 write_text_atomic(out / "checkpoints" / "best", path.name + "\n")
