@@ -41,6 +41,8 @@ def run_gpt2kit(corpus: list[str], workers: int, out: str) -> dict:
 
 def run_datasets(corpus: list[str], workers: int, out: str) -> dict:
     """The CodeParrot / run_clm recipe: Dataset of documents -> map(tokenize) -> map(group_texts)."""
+    from itertools import chain
+
     import datasets
     from transformers import PreTrainedTokenizerFast
 
@@ -66,8 +68,8 @@ def run_datasets(corpus: list[str], workers: int, out: str) -> dict:
     tokenized = ds.map(tokenize, batched=True, num_proc=workers if workers > 1 else None,
                        remove_columns=["content"])
 
-    def group_texts(examples):  # run_clm.py
-        concatenated = {k: sum(examples[k], []) for k in examples.keys()}
+    def group_texts(examples):  # run_clm.py (current version: chain, not the quadratic sum(lists, []))
+        concatenated = {k: list(chain(*examples[k])) for k in examples.keys()}
         total = len(concatenated["input_ids"])
         total = (total // block_size) * block_size
         result = {k: [t[i : i + block_size] for i in range(0, total, block_size)] for k, t in concatenated.items()}
@@ -116,7 +118,9 @@ def main() -> None:
         cpu = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
     except (OSError, StopIteration):
         pass
-    print(f"machine: {os.cpu_count()} cores, {cpu}, Python {platform.python_version()}, workers {args.workers}")
+    load = " / ".join(f"{x:.1f}" for x in os.getloadavg())
+    print(f"machine: {os.cpu_count()} cores, {cpu}, Python {platform.python_version()}, workers {args.workers}, "
+          f"load average after the run {load}")
     print("| path | data MB | tokens | seconds | MB/s | peak RSS main / largest child (MB) |")
     print("|---|---|---|---|---|---|")
     for name, r in results.items():
