@@ -4,7 +4,8 @@ A source is one of:
 - a text file (one document per file) or a table file: `.jsonl`, `.json`, `.csv`, `.parquet` (one
   document per row, from `text_column`);
 - a directory, walked recursively in sorted order (hidden entries skipped), filtered by `include` /
-  `exclude` globs (e.g. `*.py`); table files inside it are read as tables;
+  `exclude` globs (e.g. `*.py`); `.jsonl`/`.csv`/`.parquet` files inside it are read as tables, `.json`
+  files as text (in code trees they are configuration files, not datasets);
 - `stdlib`: the `.py` files of the running Python's standard library, without site-packages — a real
   code corpus present on every machine, our default;
 - a Hugging Face dataset: a `save_to_disk` directory, or a hub name (`hf:NAME[:CONFIG]`, or `NAME`),
