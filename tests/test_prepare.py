@@ -248,3 +248,15 @@ def test_model_vocab_mismatch_is_a_user_error():
     check_vocab(50257, 50304)
     with pytest.raises(UserError, match="50257 ids but the model has model.vocab_size 1000"):
         check_vocab(50257, 1000)
+
+
+def test_stdlib_subset_and_streaming_dataset(tmp_path, gpt2):
+    import datasets
+
+    meta = prepare(["stdlib"], gpt2, tmp_path / "std", include=["json/*.py"], val_fraction=0.0, progress=False)
+    docs = list(open_sources(["stdlib"], include=["json/*.py"]))
+    assert meta["splits"]["train"]["documents"] == len(docs) >= 4
+    assert split_tokens(tmp_path / "std", "train").tolist() == [i for d in docs for i in gpt2.encode(d.text) + [50256]]
+    datasets.Dataset.from_dict({"text": DOCS[:8]}).save_to_disk(str(tmp_path / "ds"))
+    meta = prepare([str(tmp_path / "ds")], gpt2, tmp_path / "out", streaming=True, val_fraction=0.0, progress=False)
+    assert split_tokens(tmp_path / "out", "train").tolist() == [i for t in DOCS[:8] for i in gpt2.encode(t) + [50256]]
