@@ -125,6 +125,8 @@ def test_interrupted_process_resumes_to_the_same_result(prepared_dir, tmp_path, 
     _, err = proc.communicate(timeout=60)
     if how == "kill9":
         assert proc.returncode == -9
+        with open(run / "metrics.jsonl", "a") as f:
+            f.write('{"step": 77, "lo')  # a line torn by the kill
     else:
         assert proc.returncode == 143, err
         assert "SIGTERM" in err
