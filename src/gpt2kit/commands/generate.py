@@ -45,7 +45,8 @@ def read_prompts(args: argparse.Namespace) -> list[str]:
     if not prompts:
         if sys.stdin is None or sys.stdin.isatty():
             raise UserError("no prompt given; pass --prompt TEXT, --prompt-file FILE, or pipe text on stdin")
-        prompts = [sys.stdin.read()]
+        text = sys.stdin.read()
+        prompts = [text[:-1] if text.endswith("\n") else text]  # `echo` adds a newline the user did not mean
     return prompts
 
 
