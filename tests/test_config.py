@@ -31,6 +31,9 @@ def test_yaml_then_overrides_command_line_wins(tmp_path):
         ({"train.precision": "fp8"}, "train.precision must be one of auto, bf16, fp16, fp32"),
         ({"train.compile": "maybe"}, "train.compile expects true or false"),
         ({"nosection.x": "1"}, "unknown config key nosection.x"),
+        ({"optim.lr": "nan"}, "optim.lr must be a finite number"),
+        ({"train.max_minutes": "inf"}, "train.max_minutes must be a finite number"),
+        ({"train.max_steps": "1e400"}, "train.max_steps expects an integer"),
     ],
 )
 def test_bad_values_are_user_errors(overrides, needle):

@@ -117,3 +117,16 @@ def test_info_cli_prints_sizes(capsys):
     assert capsys.readouterr().out.strip() == "gpt2 size: 111.0M parameters"
     assert main(["info", "--preset", "gpt2-xl", "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["parameters"] == 1_557_611_200
+
+
+def test_export_onto_a_file_or_over_its_source_is_refused(tmp_path, capsys):
+    from gpt2kit.checkpoint import save_checkpoint
+
+    save_checkpoint(tmp_path / "run" / "checkpoints", 1, GPT(GPTConfig.from_preset("tiny", vocab_size=64)), {"step": 1})
+    (tmp_path / "afile").write_text("x")
+    assert main(["export", "--model", str(tmp_path / "run"), "--out", str(tmp_path / "afile")]) == 2
+    assert "is a file" in capsys.readouterr().err
+    assert main(["export", "--model", str(tmp_path / "run"), "--out", str(tmp_path / "run"), "--overwrite"]) == 2
+    assert "contains the model source" in capsys.readouterr().err
+    assert main(["export", "--model", str(tmp_path / "run"), "--out", str(tmp_path), "--overwrite"]) == 2
+    assert (tmp_path / "run" / "checkpoints" / "step-00000001" / "COMPLETE").exists()

@@ -80,19 +80,59 @@ def test_same_seed_same_run_other_seed_differs(prepared_dir, tmp_path):
 def test_resume_in_process_is_bitwise_equal(prepared_dir, tmp_path):
     over = dict(train__max_steps=8, train__ckpt_every=3, model__dropout=0.1, train__keep_last=5)
     train(cfg(prepared_dir, **over), tmp_path / "full", quiet=True)
-    # a run that "stopped" after step 6: resume from its step-3 checkpoint with the same config
-    train(cfg(prepared_dir, **over), tmp_path / "part", quiet=True)
-    part = tmp_path / "part" / "checkpoints"
-    for late in ("step-00000006", "step-00000008"):
-        import shutil
-
-        shutil.rmtree(part / late)
-    (part / "latest").write_text("step-00000003\n")
-    res = train(cfg(prepared_dir, **over), tmp_path / "part", resume="auto", quiet=True)
+    # the same run again, then continued from its (older) step-3 checkpoint: the newer ones are set aside
+    part = tmp_path / "part"
+    train(cfg(prepared_dir, **over), part, quiet=True)
+    res = train(cfg(prepared_dir, **over), part, resume=str(part / "checkpoints" / "step-00000003"), quiet=True)
     assert res.step == 8
-    a, b = weights(tmp_path / "full"), weights(tmp_path / "part")
+    a, b = weights(tmp_path / "full"), weights(part)
     assert all(torch.equal(a[k], b[k]) for k in a)
-    assert losses(tmp_path / "full") == losses(tmp_path / "part")  # per-step losses, exactly
+    assert losses(tmp_path / "full") == losses(part)  # per-step losses, exactly
+    root = part / "checkpoints"
+    assert (root / "latest").read_text().strip() == "step-00000008"
+    aside = [d for d in root.iterdir() if d.name.startswith("abandoned-after-00000003")]
+    assert len(aside) == 1 and sorted(p.name for p in aside[0].iterdir()) == ["step-00000006", "step-00000008"]
+    assert sorted(p.name for p in root.glob("step-*")) == ["step-00000003", "step-00000006", "step-00000008"]
+
+
+def test_best_is_the_best_evaluated_checkpoint(prepared_dir, tmp_path):
+    run = tmp_path / "run"
+    # a LR so high that the loss gets worse after a while: best must stay on an early checkpoint
+    train(cfg(prepared_dir, train__max_steps=9, train__eval_every=1, train__ckpt_every=3, optim__lr=0.3,
+              optim__warmup_steps=0, optim__grad_clip=0, train__keep_last=1), run, quiet=True)
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    val = {r["step"]: r["val_loss"] for r in rows if "val_loss" in r}
+    saved = {s: val[s] for s in (3, 6, 9)}
+    best = (run / "checkpoints" / "best").read_text().strip()
+    assert best == f"step-{min(saved, key=saved.get):08d}"
+    assert (run / "checkpoints" / best / "COMPLETE").exists()  # kept despite keep_last=1
+    state = json.loads((run / "checkpoints" / best / "state.json").read_text())
+    assert state["best_ckpt_val_loss"] == pytest.approx(min(saved.values()))
+
+
+def test_resume_refuses_a_changed_architecture(prepared_dir, tmp_path, capsys):
+    run = tmp_path / "run"
+    assert main(_flags(prepared_dir, run, train__max_steps=2, train__ckpt_every=1)) == 0
+    capsys.readouterr()
+    assert main(_flags(prepared_dir, run, train__max_steps=4, model__n_layer=3) + ["--resume", "auto"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "model.n_layer is 3 but the checkpoint being resumed has 2" in err
+
+
+def test_compiled_model_checkpoints_under_plain_names(tmp_path):
+    from accelerate import Accelerator
+
+    from gpt2kit import GPT, GPTConfig
+    from gpt2kit.checkpoint import load_model, save_checkpoint
+    from gpt2kit.train import full_state_dict
+
+    raw = GPT(GPTConfig.from_preset("tiny", vocab_size=64))
+    acc = Accelerator(cpu=True)
+    sd = full_state_dict(acc, acc.prepare(torch.compile(raw)))
+    assert set(sd) == set(raw.state_dict())
+    save_checkpoint(tmp_path / "checkpoints", 1, raw, {"step": 1}, state_dict=sd)
+    again = load_model(str(tmp_path))
+    assert all(torch.equal(v, again.state_dict()[k]) for k, v in raw.state_dict().items())
 
 
 def _cli(args, **kw):
@@ -206,8 +246,39 @@ def test_existing_run_dir_is_protected(prepared_dir, tmp_path, capsys):
     capsys.readouterr()
     assert main(_flags(prepared_dir, run, train__max_steps=2)) == 2
     assert "--resume auto" in capsys.readouterr().err
+    # --overwrite with a mistake found later in set-up: the old run is untouched
+    assert main(_flags(prepared_dir, run, train__max_steps=2, model__n_head=3) + ["--overwrite"]) == 2
+    assert "divisible" in capsys.readouterr().err
+    assert (run / "metrics.jsonl").read_text() == before
+    assert main(_flags(tmp_path / "nonexistent", run, train__max_steps=2) + ["--overwrite"]) == 2
     assert (run / "metrics.jsonl").read_text() == before
     assert main(_flags(prepared_dir, run, train__max_steps=2) + ["--overwrite"]) == 0
+    # --overwrite never deletes a directory that is not a run
+    notes = tmp_path / "notes"
+    notes.mkdir()
+    (notes / "thesis.txt").write_text("precious")
+    capsys.readouterr()
+    assert main(_flags(prepared_dir, notes, train__max_steps=2) + ["--overwrite"]) == 2
+    assert "not a gpt2kit run directory" in capsys.readouterr().err
+    assert (notes / "thesis.txt").read_text() == "precious"
+    # --out is a file
+    assert main(_flags(prepared_dir, notes / "thesis.txt", train__max_steps=2)) == 2
+    assert "is a file" in capsys.readouterr().err
+
+
+def test_init_tokenizer_must_match_the_data(prepared_dir, corpus_dir, tmp_path, capsys):
+    from gpt2kit.prepare import prepare
+    from gpt2kit.tokenizer import train_tokenizer
+
+    other = tmp_path / "other-data"
+    prepare([str(corpus_dir)], train_tokenizer([str(corpus_dir)], vocab_size=300), other, val_fraction=0.15,
+            progress=False)
+    base = tmp_path / "base"
+    assert main(_flags(prepared_dir, base, train__max_steps=1)) == 0
+    capsys.readouterr()
+    assert main(_flags(other, tmp_path / "ft", train__max_steps=1) + ["--init", str(base)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "another tokenizer than the --init model's" in err
 
 
 def test_unprepared_source_is_prepared_on_the_fly(corpus_dir, small_tokenizer, tmp_path):

@@ -47,6 +47,28 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
+def make_temp_dir(parent: Path, prefix: str) -> Path:
+    """A temporary sibling directory to build a result in, with normal (umask) permissions,
+    not mkdtemp's 0700, so checkpoints and exports stay readable by the user's other tools."""
+    tmp = Path(tempfile.mkdtemp(prefix=prefix, dir=parent))
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o777 & ~umask)
+    return tmp
+
+
+def replace_dir(tmp: Path, final: Path) -> None:
+    """Move the finished `tmp` to `final`; an existing `final` is swapped aside first, never deleted
+    before the new one is in place."""
+    if final.exists():
+        trash = final.with_name(f".old-{final.name}-{os.getpid()}")
+        os.replace(final, trash)
+        os.replace(tmp, final)
+        shutil.rmtree(trash, ignore_errors=True)
+    else:
+        os.replace(tmp, final)
+
+
 def write_text_atomic(path: Path, text: str) -> None:
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     with open(tmp, "w") as f:
@@ -87,7 +109,7 @@ def save_checkpoint(
     """
     ckpt_root.mkdir(parents=True, exist_ok=True)
     final = ckpt_root / f"step-{step:08d}"
-    tmp = Path(tempfile.mkdtemp(prefix=f".tmp-step-{step:08d}-", dir=ckpt_root))
+    tmp = make_temp_dir(ckpt_root, f".tmp-step-{step:08d}-")
     try:
         save_model_files(model, tmp, state_dict)
         (tmp / "state.json").write_text(json.dumps(state, indent=1) + "\n")
@@ -105,13 +127,7 @@ def save_checkpoint(
                 os.fsync(f.fileno())
         (tmp / "COMPLETE").write_text(f"step {step}\n")
         _fsync_dir(tmp)
-        if final.exists():  # re-saving a step (e.g. after a resume): swap, never delete first
-            trash = ckpt_root / f".old-{final.name}-{os.getpid()}"
-            os.replace(final, trash)
-            os.replace(tmp, final)
-            shutil.rmtree(trash, ignore_errors=True)
-        else:
-            os.replace(tmp, final)
+        replace_dir(tmp, final)  # re-saving a step (e.g. after a resume) swaps, never deletes first
         _fsync_dir(ckpt_root)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -165,9 +166,11 @@ def _coerce(key: str, value: Any, tp: Any, meta: dict) -> Any:
             if not isinstance(value, str | int | float):
                 raise ValueError
             out = str(value)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         kind = {bool: "true or false", int: "an integer", float: "a number", str: "a string"}.get(tp, str(tp))
         raise UserError(f"{key} expects {kind}, got {value!r}") from None
+    if isinstance(out, float) and not math.isfinite(out):
+        raise UserError(f"{key} must be a finite number, got {value!r}")
     if "choices" in meta and out not in meta["choices"]:
         raise UserError(f"{key} must be one of {', '.join(meta['choices'])}, got {out!r}")
     if "min" in meta and (out < meta["min"] or (meta.get("exclusive_min") and out == meta["min"])):

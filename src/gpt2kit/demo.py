@@ -117,6 +117,10 @@ def run_demo(out: str | Path = "runs/demo", minutes: float = 5.0, max_steps: int
     })
     run_dir = out / "run"
     result = train(cfg, run_dir, overwrite=True)
+    if result.exit_code:  # stopped by SIGINT/SIGTERM after saving a checkpoint: stop here too
+        summary = {"exit_code": result.exit_code, "run": str(run_dir), "checkpoint": str(result.checkpoint)}
+        say(f"demo stopped; the run so far is in {run_dir}")
+        return summary
     if result.last_val_loss is None:
         raise UserError("training stopped before its final evaluation")
     val_rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if "val_loss" in line]

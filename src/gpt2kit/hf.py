@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import tempfile
 from pathlib import Path
 
 import torch
@@ -182,15 +181,25 @@ def load_hf_dir(directory: str | os.PathLike) -> GPT:
     return model.eval()
 
 
-def export(model: GPT, out: str | os.PathLike, tokenizer=None, overwrite: bool = False) -> Path:
+def export(model: GPT, out: str | os.PathLike, tokenizer=None, overwrite: bool = False,
+           source: str | os.PathLike | None = None) -> Path:
     """Write `model` (and `tokenizer`, a gpt2kit Tokenizer) as a Hugging Face GPT-2 directory.
 
     `transformers.AutoModelForCausalLM.from_pretrained(out)` and `pipeline("text-generation",
     model=out)` load the result. Written to a temporary directory and renamed into place.
+    source: where the model came from; `out` may not be it or contain it.
     """
     from safetensors.torch import save_file
 
+    from gpt2kit.checkpoint import make_temp_dir, replace_dir
+
     out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out} is a file; pass a directory to export into")
+    if source is not None and Path(source).exists():
+        a, b = out.resolve(), Path(source).resolve()
+        if a == b or a in b.parents:  # replacing `out` would delete the model being exported
+            raise UserError(f"--out {out} contains the model source {source}; export into a separate directory")
     if out.exists() and any(out.iterdir()) and not overwrite:
         raise UserError(f"{out} exists and is not empty; choose another --out or pass --overwrite")
     eos_id = getattr(tokenizer, "eos_id", None)
@@ -198,7 +207,7 @@ def export(model: GPT, out: str | os.PathLike, tokenizer=None, overwrite: bool =
     sd = {k: v.detach().to("cpu", torch.float32) for k, v in model.state_dict().items()}
     sd = state_dict_to_hf(sd, model.config)
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    tmp = make_temp_dir(out.parent, f".{out.name}.tmp-")
     try:
         hf_config.save_pretrained(tmp)
         save_file(sd, tmp / "model.safetensors", metadata={"format": "pt"})
@@ -207,9 +216,7 @@ def export(model: GPT, out: str | os.PathLike, tokenizer=None, overwrite: bool =
             (tmp / "generation_config.json").write_text(json.dumps(gen, indent=2) + "\n")
         if tokenizer is not None:
             tokenizer.save(tmp)
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(tmp, out)
+        replace_dir(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

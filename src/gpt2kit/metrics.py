@@ -12,15 +12,17 @@ from pathlib import Path
 
 import torch
 
+from gpt2kit.checkpoint import write_text_atomic
 from gpt2kit.errors import UserError
 
 
 class MetricsLogger:
     """Append rows to RUN/metrics.jsonl and mirror scalars to TensorBoard (and W&B when asked)."""
 
-    def __init__(self, run_dir: Path, resume_step: int | None = None, wandb_config: dict | None = None):
+    def __init__(self, run_dir: Path, resume_step: int = 0, wandb_config: dict | None = None):
+        """resume_step: rows after it are dropped (0 for a fresh start: stale rows of an earlier attempt go)."""
         self.path = run_dir / "metrics.jsonl"
-        if resume_step is not None and self.path.exists():
+        if self.path.exists():
             # Rows after the checkpoint we resume from are about to be recomputed: drop them.
             # A kill -9 can leave a torn last line; it is dropped with them.
             keep = []
@@ -30,13 +32,14 @@ class MetricsLogger:
                         keep.append(line)
                 except (ValueError, AttributeError):
                     continue
-            self.path.write_text("".join(line + "\n" for line in keep))
+            write_text_atomic(self.path, "".join(line + "\n" for line in keep))
         self._file = open(self.path, "a")
         self._tb = None
         try:
             from torch.utils.tensorboard import SummaryWriter
 
-            self._tb = SummaryWriter(str(run_dir / "tensorboard"), purge_step=resume_step)
+            # purge events after the resumed step (they are recomputed); the step itself stays
+            self._tb = SummaryWriter(str(run_dir / "tensorboard"), purge_step=resume_step + 1 if resume_step else None)
         except ImportError:  # tensorboard is a dependency, but don't die over a missing logger
             pass
         self._wandb = None
@@ -81,7 +84,7 @@ def peak_flops(device: torch.device, dtype: torch.dtype) -> float:
     """The device's peak FLOP/s: a table for GPUs, a short matmul probe (~0.3 s) on CPUs."""
     if device.type == "cuda":
         name = torch.cuda.get_device_name(device)
-        for key, value in GPU_PEAK.items():
+        for key, value in sorted(GPU_PEAK.items(), key=lambda kv: -len(kv[0])):  # "L40" before "L4"
             if key in name:
                 return value if dtype != torch.float32 else value / 2  # tf32 ~ half the bf16 peak
         return 100e12

@@ -69,6 +69,10 @@ class GPTConfig:
             raise UserError(f"model.dropout must be in [0, 1), got {self.dropout}")
         if self.rope and self.head_dim % 2:
             raise UserError(f"model.rope needs an even head size, got n_embd/n_head = {self.head_dim}")
+        if not self.rope_theta > 0:
+            raise UserError(f"model.rope_theta must be > 0, got {self.rope_theta}")
+        if not self.layer_norm_epsilon > 0:
+            raise UserError(f"model.layer_norm_epsilon must be > 0, got {self.layer_norm_epsilon}")
         if self.sliding_window is not None and self.sliding_window < 1:
             raise UserError(f"model.sliding_window must be a positive integer or null, got {self.sliding_window}")
 

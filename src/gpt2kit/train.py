@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from gpt2kit.checkpoint import (
+    complete_checkpoints,
     find_checkpoint,
     load_checkpoint_state,
     load_gpt2kit_dir,
@@ -45,14 +46,21 @@ def get_lr(step: int, optim: OptimArgs, max_steps: int) -> float:
     """Learning rate at optimizer step `step` (1-based): linear warmup, then cosine/linear/constant
     decay from `lr` to `min_lr` at `max_steps`."""
     min_lr = optim.lr / 10 if optim.min_lr is None else optim.min_lr
-    if step <= optim.warmup_steps:
-        return optim.lr * step / max(1, optim.warmup_steps)
+    warmup = effective_warmup(optim.warmup_steps, max_steps)
+    if step <= warmup:
+        return optim.lr * step / max(1, warmup)
     if optim.schedule == "constant":
         return optim.lr
-    progress = min(1.0, (step - optim.warmup_steps) / max(1, max_steps - optim.warmup_steps))
+    progress = min(1.0, (step - warmup) / max(1, max_steps - warmup))
     if optim.schedule == "linear":
         return optim.lr + (min_lr - optim.lr) * progress
     return min_lr + 0.5 * (optim.lr - min_lr) * (1 + math.cos(math.pi * progress))
+
+
+def effective_warmup(warmup_steps: int, max_steps: int) -> int:
+    """Warmup as configured, unless it would fill the whole run (a short fine-tune with the default
+    100 warmup steps would never reach its peak LR): then a tenth of the run."""
+    return warmup_steps if warmup_steps < max_steps else max_steps // 10
 
 
 def make_optimizer(model: GPT, optim: OptimArgs, device_type: str) -> torch.optim.AdamW:
@@ -148,27 +156,74 @@ class StopRequested:
             signal.signal(s, h)
 
 
-def prepare_run_dir(out: Path, resume: str | None, overwrite: bool, is_main: bool) -> Path | None:
-    """Check the run directory; returns the checkpoint to resume from (or None)."""
+def check_run_dir(out: Path, resume: str | None, overwrite: bool) -> tuple[Path | None, bool]:
+    """(checkpoint to resume from or None, whether to wipe `out` once set-up has succeeded).
+
+    Nothing is deleted here: a mistake found later in set-up must leave the old run intact."""
     if resume and overwrite:
         raise UserError("--resume and --overwrite contradict each other; pick one")
-    exists = out.exists() and any(out.iterdir())
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out} is a file; pass a directory for the run")
+    exists = out.is_dir() and any(out.iterdir())
     if resume == "auto":
-        return find_checkpoint(out) if exists else None
+        return (find_checkpoint(out) if exists else None), False
     if resume:
         ckpt = Path(resume)
         if (ckpt / "checkpoints").is_dir():
             ckpt = find_checkpoint(ckpt)
-        if ckpt is None or not (ckpt / "COMPLETE").exists():
+        if ckpt is None or not ckpt.is_dir() or not (ckpt / "COMPLETE").exists():
             raise UserError(f"--resume {resume}: no complete checkpoint there; use --resume auto or a step-* dir")
-        return ckpt
+        return ckpt, False
     if exists:
         if not overwrite:
             raise UserError(f"run directory {out} already exists; pass --resume auto to continue it, "
                             "--overwrite to start over, or choose another --out")
-        if is_main:
-            shutil.rmtree(out)
-    return None
+        if not any((out / n).exists() for n in ("config.yaml", "metrics.jsonl", "checkpoints")):
+            raise UserError(f"{out} is not a gpt2kit run directory; --overwrite only replaces runs - "
+                            "choose another --out")
+        return None, True
+    return None, False
+
+
+def set_aside_later_checkpoints(ckpt_root: Path, step: int) -> None:
+    """Resuming from an older checkpoint: move the newer ones out of the way (kept, never deleted),
+    so `latest`, `best` and pruning only ever see the run being continued."""
+    later = [d for d in complete_checkpoints(ckpt_root) if int(d.name.split("-")[1]) > step]
+    if not later:
+        return
+    aside = ckpt_root / f"abandoned-after-{step:08d}-{int(time.time())}"
+    aside.mkdir()
+    for d in later:
+        os.replace(d, aside / d.name)
+    best = ckpt_root / "best"
+    if best.exists() and not (ckpt_root / best.read_text().strip()).is_dir():
+        best.unlink()
+    write_text_atomic(ckpt_root / "latest", f"step-{step:08d}\n")
+    print(f"newer checkpoints than step {step} moved to {aside}", file=sys.stderr)
+
+
+def main_first(accelerator, fn):
+    """Run `fn` on rank 0, then on the others (which reuse its cached work). A UserError on rank 0
+    reaches every rank, so no rank is left waiting at a barrier."""
+    from accelerate.utils import broadcast_object_list
+
+    result, error = None, [None]
+    if accelerator.is_main_process:
+        try:
+            result = fn()
+        except UserError as e:
+            error = [str(e)]
+    if accelerator.num_processes > 1:
+        broadcast_object_list(error)
+    if error[0] is not None:
+        raise UserError(error[0])
+    return result if accelerator.is_main_process else fn()
+
+
+def full_state_dict(accelerator, model) -> dict:
+    """The full weights under their plain names (FSDP gathers them; torch.compile adds `_orig_mod.`)."""
+    sd = accelerator.get_state_dict(model)  # a collective under FSDP: every rank calls it
+    return {k.removeprefix("_orig_mod."): v for k, v in sd.items()}
 
 
 def load_tokenizer_for(cfg: TrainConfig, data_dir_hint: Path | None):
@@ -184,6 +239,18 @@ def load_tokenizer_for(cfg: TrainConfig, data_dir_hint: Path | None):
         if src:
             return load_tokenizer(src)
     return load_tokenizer("gpt2")
+
+
+def check_init_tokenizer(cfg: TrainConfig, meta: dict, data_dir: Path, resume_ckpt: Path | None) -> None:
+    """Fine-tuning on data tokenized by another tokenizer than the --init model's trains on garbage ids."""
+    from gpt2kit.tokenizer import load_tokenizer
+
+    if not cfg.model.init or cfg.data.tokenizer or resume_ckpt is not None or cfg.train.resize_embeddings:
+        return
+    src = tokenizer_source(cfg.model.init)
+    if src and load_tokenizer(src).sha256 != meta.get("tokenizer_sha256"):
+        raise UserError(f"the data in {data_dir} was tokenized with another tokenizer than the --init model's "
+                        f"({src}); prepare the data with --tokenizer {src}, or pass --tokenizer to train with it anyway")
 
 
 def resize_vocab(model: GPT, vocab_size: int) -> GPT:
@@ -210,7 +277,14 @@ def build_model(cfg: TrainConfig, vocab_size: int, resumed_from: Path | None) ->
     """From a checkpoint we resume, from --init weights, or fresh from the preset + overrides."""
     m = cfg.model
     if resumed_from is not None:
-        return load_gpt2kit_dir(resumed_from).train()
+        model = load_gpt2kit_dir(resumed_from)
+        changed = sorted(k for k, v in m.overrides().items()
+                         if k not in ("dropout", "vocab_size") and getattr(model.config, k) != v)
+        if changed:
+            k = changed[0]
+            raise UserError(f"model.{k} is {getattr(m, k)} but the checkpoint being resumed has "
+                            f"{getattr(model.config, k)}; a resumed run keeps its architecture - start a new --out")
+        return model.train()
     if m.init:
         model = load_model(m.init)
         over = m.overrides()
@@ -283,12 +357,16 @@ def train(cfg: TrainConfig, out: str | os.PathLike, resume: str | None = None, o
     t = cfg.train
     device_type = "cuda" if torch.cuda.is_available() else "cpu"
     mixed = resolve_precision(t.precision, device_type)
+    # Accelerate keeps its settings in a process-wide singleton; reset them so that train() can be
+    # called again in the same process with another precision (the distributed state is kept).
+    from accelerate.state import AcceleratorState
+
+    AcceleratorState._reset_state()
     accelerator = Accelerator(mixed_precision=mixed, cpu=device_type == "cpu")
     is_main, rank, world = accelerator.is_main_process, accelerator.process_index, accelerator.num_processes
     log = (lambda *a: print(*a, file=sys.stderr)) if is_main and not quiet else (lambda *a: None)
 
-    resume_ckpt = prepare_run_dir(out, resume, overwrite, is_main)
-    accelerator.wait_for_everyone()
+    resume_ckpt, wipe = check_run_dir(out, resume, overwrite)
 
     # ---- data and tokenizer
     if not cfg.data.sources:
@@ -298,12 +376,10 @@ def train(cfg: TrainConfig, out: str | os.PathLike, resume: str | None = None, o
     tokenizer = load_tokenizer_for(cfg, prepared_hint)
     options = dict(text_column=cfg.data.text_column, include=cfg.data.include or None,
                    val_fraction=cfg.data.val_fraction, workers=cfg.data.workers)
-    if is_main:  # rank 0 prepares; the others wait and then reuse the cached result
-        data_dir = ensure_prepared(cfg.data.sources, tokenizer, cache_dir=cfg.data.cache_dir, **options)
-    accelerator.wait_for_everyone()
-    if not is_main:
-        data_dir = ensure_prepared(cfg.data.sources, tokenizer, cache_dir=cfg.data.cache_dir, **options)
+    data_dir = main_first(accelerator, lambda: ensure_prepared(cfg.data.sources, tokenizer,
+                                                               cache_dir=cfg.data.cache_dir, **options))
     meta = read_meta(data_dir)
+    check_init_tokenizer(cfg, meta, data_dir, resume_ckpt)
 
     # ---- model, optimizer, loaders
     seed_everything(t.seed)  # same init on every rank
@@ -325,12 +401,15 @@ def train(cfg: TrainConfig, out: str | os.PathLike, resume: str | None = None, o
 
     # ---- resume
     step, tokens_seen, best_val, last_val, evals_since_best, skipped = 0, 0, None, None, 0, 0
+    best_ckpt_val, elapsed_before = None, 0.0
+    opt_state = None
     if resume_ckpt is not None:
         state, opt_state = load_checkpoint_state(resume_ckpt)
         if opt_state is not None:
             optimizer.load_state_dict(opt_state["optimizer"])
         step, tokens_seen = state["step"], state["tokens"]
         best_val, last_val = state.get("best_val_loss"), state.get("last_val_loss")
+        best_ckpt_val, elapsed_before = state.get("best_ckpt_val_loss"), state.get("elapsed", 0.0)
         evals_since_best = state.get("evals_since_best", 0)
         train_loader.load_state_dict(state["loader"])
         set_rng_state(state["rng"][rank] if rank < len(state["rng"]) else state["rng"][0])
@@ -342,27 +421,38 @@ def train(cfg: TrainConfig, out: str | os.PathLike, resume: str | None = None, o
     if t.compile:
         model = torch.compile(model)
     model, optimizer = accelerator.prepare(model, optimizer)
+    if opt_state is not None and opt_state.get("scaler") is not None and accelerator.scaler is not None:
+        accelerator.scaler.load_state_dict(opt_state["scaler"])
 
-    # ---- run directory
+    # ---- run directory: set-up succeeded, so now (and only now) an old run may be replaced
     if is_main:
+        if wipe:
+            shutil.rmtree(out)
         out.mkdir(parents=True, exist_ok=True)
+        if resume_ckpt is not None and resume_ckpt.parent == out / "checkpoints":
+            set_aside_later_checkpoints(out / "checkpoints", step)
         write_text_atomic(out / "config.yaml", cfg.to_yaml())
-        if not (out / "tokenizer").exists():
+        if resume_ckpt is None or not (out / "tokenizer").exists():
+            if (out / "tokenizer").exists():
+                shutil.rmtree(out / "tokenizer")
             tokenizer.save(out / "tokenizer")
-    metrics = MetricsLogger(out, resume_step=step if resume_ckpt else None,
-                            wandb_config=cfg.to_dict() if t.wandb else None) if is_main else None
+    metrics = MetricsLogger(out, resume_step=step, wandb_config=cfg.to_dict() if t.wandb else None) if is_main else None
 
     # Printed once set-up has succeeded, so a mistake found during set-up stays a single `error:` line.
     log("config:\n  " + cfg.to_yaml().replace("\n", "\n  ").rstrip())
     log(f"model: {model_size(raw_model)} parameters, block {block_size}, vocab {raw_model.config.vocab_size}; "
         f"data: {meta['splits']['train']['tokens']:,} train / {val['tokens']:,} val tokens")
     log(f"device: {device} x{world}, precision: {mixed}, global batch {B * A * world} x {block_size} tokens")
+    if effective_warmup(cfg.optim.warmup_steps, t.max_steps) != cfg.optim.warmup_steps:
+        log(f"optim.warmup_steps {cfg.optim.warmup_steps} >= train.max_steps {t.max_steps}: warming up for "
+            f"{effective_warmup(cfg.optim.warmup_steps, t.max_steps)} steps instead")
 
     tokens_per_step = B * A * world * block_size
-    fpt = flops_per_token(num_params(raw_model, exclude_embeddings=False)
-                          - (raw_model.transformer.wpe.weight.numel() if "wpe" in raw_model.transformer else 0),
-                          raw_model.config.n_layer, raw_model.config.n_embd, block_size)
-    peak = peak_flops(device, torch.bfloat16 if mixed == "bf16" else torch.float32) * world
+    # Matmul parameters: everything but the embeddings, plus the output layer (tied or not).
+    matmul_params = num_params(raw_model, exclude_embeddings=True) + (
+        raw_model.lm_head.weight.numel() if raw_model.config.tie_embeddings else 0)
+    fpt = flops_per_token(matmul_params, raw_model.config.n_layer, raw_model.config.n_embd, block_size)
+    peak = peak_flops(device, torch.float32 if mixed == "no" else torch.bfloat16) * world
     V = raw_model.config.vocab_size
 
     def evaluate() -> tuple[float, int]:
@@ -381,22 +471,29 @@ def train(cfg: TrainConfig, out: str | os.PathLike, resume: str | None = None, o
         total = accelerator.reduce(total, reduction="sum")
         return (total[0] / total[1]).item(), int(total[1].item())
 
-    def checkpoint(reason: str) -> Path | None:
+    def checkpoint(reason: str, val_here: float | None) -> Path | None:
+        """Save; `val_here` is this step's validation loss when it was evaluated (it may become `best`)."""
+        nonlocal best_ckpt_val
         rngs = gather_object([rng_state()])
-        weights = accelerator.get_state_dict(model)  # a collective under FSDP: every rank calls it
+        weights = full_state_dict(accelerator, model)
+        is_best = val_here is not None and math.isfinite(val_here) and (best_ckpt_val is None or val_here < best_ckpt_val)
+        if is_best:
+            best_ckpt_val = val_here
         path = None
         if is_main:
             state = {"step": step, "tokens": tokens_seen, "best_val_loss": best_val, "last_val_loss": last_val,
-                     "evals_since_best": evals_since_best, "loader": train_loader.state_dict(), "rng": rngs,
-                     "world_size": world, "reason": reason}
-            opt = {"optimizer": optimizer.state_dict()}
-            path = save_checkpoint(out / "checkpoints", step, raw_model, state, opt, tokenizer,
+                     "best_ckpt_val_loss": best_ckpt_val, "evals_since_best": evals_since_best,
+                     "loader": train_loader.state_dict(), "rng": rngs, "world_size": world, "reason": reason,
+                     "elapsed": elapsed_before + time.time() - t_start}
+            opt = {"optimizer": optimizer.state_dict(),
+                   "scaler": accelerator.scaler.state_dict() if accelerator.scaler is not None else None}
+            root = out / "checkpoints"
+            path = save_checkpoint(root, step, raw_model, state, opt, tokenizer,
                                    extra_files={"config.yaml": cfg.to_yaml()}, state_dict=weights)
-            best_name = (out / "checkpoints" / "best").read_text().strip() if (out / "checkpoints" / "best").exists() else ""
-            if last_val is not None and best_val is not None and last_val <= best_val:
-                write_text_atomic(out / "checkpoints" / "best", path.name + "\n")
-                best_name = path.name
-            prune_checkpoints(out / "checkpoints", t.keep_last, keep={best_name})
+            if is_best:
+                write_text_atomic(root / "best", path.name + "\n")
+            best_name = (root / "best").read_text().strip() if (root / "best").exists() else ""
+            prune_checkpoints(root, t.keep_last, keep={best_name, path.name})
         accelerator.wait_for_everyone()
         return path
 
@@ -437,12 +534,14 @@ def train(cfg: TrainConfig, out: str | os.PathLike, resume: str | None = None, o
                 if cfg.optim.grad_clip > 0:
                     grad_norm = accelerator.clip_grad_norm_(raw_model.parameters(), cfg.optim.grad_clip)
                 else:
+                    accelerator.unscale_gradients()  # fp16: measure the true gradients, not the scaled ones
                     grad_norm = torch.linalg.vector_norm(
                         torch.stack([p.grad.norm() for p in raw_model.parameters() if p.grad is not None]))
                 grad_norm = float(grad_norm)
                 step_loss = (accelerator.reduce(loss_sum, reduction="sum") / (tokens_per_step)).item()
-                if mixed == "fp16":  # the loss scaler skips overflowing steps and lowers the scale itself
-                    optimizer.step()
+                if mixed == "fp16" and math.isfinite(step_loss):
+                    optimizer.step()  # the loss scaler skips overflowing steps and lowers its scale itself
+                    skipped = skipped + 1 if optimizer.step_was_skipped else 0
                 elif math.isfinite(grad_norm) and math.isfinite(step_loss):
                     optimizer.step()
                     skipped = 0
@@ -457,11 +556,13 @@ def train(cfg: TrainConfig, out: str | os.PathLike, resume: str | None = None, o
                 optimizer.zero_grad(set_to_none=True)
 
                 # -- stop conditions, agreed by all ranks
-                flags = torch.tensor([stop.signum or 0,
-                                      int(t.max_minutes is not None and time.time() - t_start > 60 * t.max_minutes)],
-                                     device=device)
+                # one-hot flags: summing signal numbers across ranks would name the wrong signal
+                flags = torch.tensor([stop.signum == signal.SIGINT, stop.signum == signal.SIGTERM,
+                                      t.max_minutes is not None and time.time() - t_start > 60 * t.max_minutes],
+                                     device=device, dtype=torch.int32)
                 flags = accelerator.reduce(flags, reduction="sum")
-                signum, time_up = int(flags[0]), bool(flags[1])
+                signum = signal.SIGINT if flags[0] > 0 else signal.SIGTERM if flags[1] > 0 else 0
+                time_up = bool(flags[2] > 0)
                 last_step = step == t.max_steps or time_up
 
                 # -- log
@@ -469,7 +570,7 @@ def train(cfg: TrainConfig, out: str | os.PathLike, resume: str | None = None, o
                     dt = time.time() - t_window
                     tok_s = tokens_window / max(dt, 1e-9)
                     row = {"step": step, "tokens": tokens_seen, "loss": step_loss, "lr": lr, "grad_norm": grad_norm,
-                           "tok_s": tok_s, "mfu": tok_s * fpt / peak, "time": time.time() - t_start}
+                           "tok_s": tok_s, "mfu": tok_s * fpt / peak, "time": elapsed_before + time.time() - t_start}
                     if metrics:
                         metrics.log(row)
                     t_window, tokens_window = time.time(), 0
@@ -482,7 +583,7 @@ def train(cfg: TrainConfig, out: str | os.PathLike, resume: str | None = None, o
                 if (t.eval_every and step % t.eval_every == 0) or last_step:
                     last_val, _ = evaluate()
                     evaluated = True
-                    if best_val is None or last_val < best_val:
+                    if math.isfinite(last_val) and (best_val is None or last_val < best_val):
                         best_val, evals_since_best = last_val, 0
                     else:
                         evals_since_best += 1
@@ -498,9 +599,8 @@ def train(cfg: TrainConfig, out: str | os.PathLike, resume: str | None = None, o
 
                 # -- checkpoint once in a while, at the end, and when asked to stop
                 if (t.ckpt_every and step % t.ckpt_every == 0) or last_step or signum:
-                    if not evaluated:
-                        last_val = None  # only evaluated checkpoints compete for "best"
-                    last_ckpt = checkpoint("signal" if signum else "end" if last_step else "periodic")
+                    last_ckpt = checkpoint("signal" if signum else "end" if last_step else "periodic",
+                                           last_val if evaluated else None)
                 if signum:
                     exit_code = 128 + (signal.SIGINT if signum == signal.SIGINT else signal.SIGTERM)
                     log(f"stopped by {signal.Signals(signum).name} after step {step}; resume with --resume auto")

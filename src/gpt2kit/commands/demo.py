@@ -31,7 +31,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from gpt2kit.demo import run_demo
 
-    run_demo(out=args.out, minutes=args.minutes, max_steps=args.max_steps, preset=args.preset,
+    summary = run_demo(out=args.out, minutes=args.minutes, max_steps=args.max_steps, preset=args.preset,
              vocab_size=args.vocab_size, block_size=args.block_size, batch_size=args.batch_size,
              limit=args.limit, precision=args.precision, max_new_tokens=args.max_new_tokens)
-    return 0
+    return summary.get("exit_code", 0)

@@ -38,7 +38,7 @@ def run(args: argparse.Namespace) -> int:
 
             raise UserError(f"the tokenizer at {tok_src} has {tokenizer.vocab_size} ids but the model only "
                             f"{model.config.vocab_size}; they do not belong together")
-    out = export(model, args.out, tokenizer=tokenizer, overwrite=args.overwrite)
+    out = export(model, args.out, tokenizer=tokenizer, overwrite=args.overwrite, source=args.model)
     extra = " with tokenizer" if tokenizer is not None else " (no tokenizer found next to the model)"
     print(f"exported {model_size(model)} parameters to {out}{extra}", file=sys.stderr)
     return 0

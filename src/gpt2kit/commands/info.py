@@ -24,7 +24,7 @@ def run(args: argparse.Namespace) -> int:
     from gpt2kit.model import GPT, GPTConfig, model_size, num_params
 
     if args.preset:
-        overrides = {"vocab_size": args.vocab_size} if args.vocab_size else {}
+        overrides = {"vocab_size": args.vocab_size} if args.vocab_size is not None else {}
         config = GPTConfig.from_preset(args.preset, **overrides)
         with torch.device("meta"):  # no memory, no init: instant even for gpt2-xl
             model = GPT(config)

@@ -30,8 +30,6 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def resolve_config(args: argparse.Namespace):
     """Defaults < the run's saved config (when resuming) < --config file < flags and dotted overrides."""
-    import yaml
-
     from gpt2kit.config import build_config, load_yaml, parse_overrides
 
     overrides = parse_overrides(args.overrides or [])
@@ -44,7 +42,7 @@ def resolve_config(args: argparse.Namespace):
     base = None
     saved = Path(args.out) / "config.yaml"
     if args.resume and saved.exists():
-        base = build_config(yaml.safe_load(saved.read_text()))
+        base = build_config(load_yaml(saved))
     file_values = load_yaml(args.config) if args.config else None
     return build_config(file_values, overrides, base=base)
 
