@@ -19,7 +19,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--minutes", type=float, default=5.0, help="training time budget (default: 5)")
     p.add_argument("--max-steps", type=int, help="train exactly this many steps instead of a time budget")
     p.add_argument("--preset", default="mini", help="model preset (default: mini, 4 layers x 128)")
-    p.add_argument("--vocab-size", type=int, default=8192, help="tokenizer vocabulary (default: 8192)")
+    p.add_argument("--vocab-size", type=int, default=4096, help="tokenizer vocabulary (default: 4096)")
     p.add_argument("--block-size", type=int, default=256, help="context length (default: 256)")
     p.add_argument("--batch-size", type=int, default=16, help="sequences per step (default: 16)")
     p.add_argument("--limit", type=int, help="use only the first N stdlib modules (quick trials)")
