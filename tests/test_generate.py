@@ -193,3 +193,121 @@ def test_cli_generate_user_errors(hf_dir, argv, capsys):
     err = capsys.readouterr().err
     assert rc == 2
     assert err.startswith("error: ") and err.count("\n") == 1 and "Traceback" not in err
+
+
+# ---------------------------------------------------------------- prompt lookup
+
+
+def repetitive_prompts() -> list[list[int]]:
+    g = torch.Generator().manual_seed(5)
+    rand = torch.randint(0, V, (12,), generator=g).tolist()
+    return [
+        [7],  # one token: no prefill, n-grams come from the generated text only
+        rand,  # no repeats in the prompt
+        [1, 2, 3, 4, 5] * 4,  # a loop
+        rand[:6] + [9, 9, 9] + rand[:6] + [9],  # a repeated span, then its start again
+        [4, 4, 4, 4, 4, 4],
+    ]
+
+
+@pytest.mark.parametrize("kw", [dict(), dict(rope=True, n_kv_head=1, sliding_window=6)], ids=["gpt2", "options"])
+@pytest.mark.parametrize("k", [1, 3, 10])
+def test_prompt_lookup_equals_plain_greedy(kw, k):
+    model = build(**kw)
+    for prompt in repetitive_prompts():
+        plain = generate_ids(model, [prompt], 40, temperature=0, prompt_lookup=0)
+        fast = generate_ids(model, [prompt], 40, temperature=0, prompt_lookup=k)
+        assert fast.tolist() == plain.tolist(), prompt
+        if k == 3:
+            assert plain[0].tolist() == greedy_by_recomputing(model, prompt, 40)
+
+
+def test_prompt_lookup_is_the_default_and_drafts_are_accepted(monkeypatch):
+    """The default uses prompt lookup for greedy batch 1, and on a looping text it needs far fewer
+    forward passes than tokens (drafts accepted), with the same tokens."""
+    model = build()
+    calls = []
+    real = model.forward
+    monkeypatch.setattr(model, "forward", lambda *a, **k: calls.append(a[0].shape[1]) or real(*a, **k))
+    out = generate_ids(model, [[1, 2, 3, 4, 5] * 4], 40, temperature=0)
+    n_default = len(calls)
+    calls.clear()
+    plain = generate_ids(model, [[1, 2, 3, 4, 5] * 4], 40, temperature=0, prompt_lookup=0)
+    assert out.tolist() == plain.tolist()
+    assert len(calls) == 40  # prefill + 39 single-token steps
+    assert n_default < 20 and max(calls[1:]) == 1
+
+
+def test_prompt_lookup_past_block_size_and_with_repetition_penalty():
+    model = build(block_size=24)
+    for prompt in repetitive_prompts():
+        plain = generate_ids(model, [prompt], 30, temperature=0, prompt_lookup=0)  # crosses block_size
+        fast = generate_ids(model, [prompt], 30, temperature=0, prompt_lookup=8)
+        assert fast.tolist() == plain.tolist()
+    model = build()
+    for prompt in repetitive_prompts():
+        plain = generate_ids(model, [prompt], 30, temperature=0, repetition_penalty=1.3, prompt_lookup=0)
+        fast = generate_ids(model, [prompt], 30, temperature=0, repetition_penalty=1.3, prompt_lookup=8)
+        assert fast.tolist() == plain.tolist()
+
+
+def test_prompt_lookup_stops_at_eos_and_on_step_like_plain():
+    model = build()
+    prompt = [[1, 2, 3, 4, 5] * 4]
+    free = generate_ids(model, prompt, 30, temperature=0, prompt_lookup=0)[0].tolist()
+    for eos in dict.fromkeys(free[1:8]):  # tokens first seen at different steps, some inside drafts
+        plain = generate_ids(model, prompt, 30, temperature=0, eos_id=eos, prompt_lookup=0)
+        fast = generate_ids(model, prompt, 30, temperature=0, eos_id=eos, prompt_lookup=10)
+        assert fast.tolist() == plain.tolist() and fast[0, -1] == eos
+    steps: list[tuple[int, int]] = []
+
+    def on_step(step, tokens):
+        steps.append((step, int(tokens[0])))
+        return torch.tensor([step == 12])
+
+    fast = generate_ids(model, prompt, 30, temperature=0, on_step=on_step, prompt_lookup=10)
+    assert fast[0].tolist() == free[:13]
+    assert steps == list(enumerate(free[:13]))  # every token reported once, in order
+
+
+def test_prompt_lookup_cache_rollback_leaves_the_cache_as_a_plain_prefill_would(monkeypatch):
+    """After drafting, the cache's live part [:pos] equals the keys/values of a fresh prefill
+    of the same tokens (rejected positions were forgotten, not kept)."""
+    model = build()
+    prompt = [1, 2, 3, 4, 5] * 4
+    caches, fed = [], []
+    real, forward = model.make_cache, model.forward
+    monkeypatch.setattr(model, "make_cache", lambda *a: caches.append(real(*a)) or caches[-1])
+    monkeypatch.setattr(model, "forward", lambda *a, **k: fed.append(a[0].shape[1]) or forward(*a, **k))
+    out = generate_ids(model, [prompt], 25, temperature=0, prompt_lookup=10)[0].tolist()
+    cache = caches[-1]
+    seq = prompt + out
+    assert cache.pos == len(seq) - 1  # everything but the last token
+    fresh = real(1, cache.max_len)
+    with torch.no_grad():
+        model(torch.tensor([seq[:-1]]), cache=fresh)
+    torch.testing.assert_close(cache.k[..., : cache.pos, :], fresh.k[..., : fresh.pos, :], atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(cache.v[..., : cache.pos, :], fresh.v[..., : fresh.pos, :], atol=1e-5, rtol=1e-4)
+    assert sum(fed) > cache.pos  # some drafted positions were rejected and rolled back
+
+
+def test_prompt_lookup_with_stop_strings_through_generate_text(tok, gpt2_vocab_model):
+    model = gpt2_vocab_model
+    prompt = "def f(x):\n    return x + 1\n\ndef g(x):\n    return x + 1\n\ndef"
+    free = generate_text(model, tok, prompt, 30, temperature=0, prompt_lookup=0)[0]
+    fast = generate_text(model, tok, prompt, 30, temperature=0, prompt_lookup=10)[0]
+    assert fast.tokens == free.tokens and fast.text == free.text
+    stop = free.text[4:7]
+    assert stop
+    pieces: list[str] = []
+    a = generate_text(model, tok, prompt, 30, temperature=0, stop=[stop], prompt_lookup=0)[0]
+    b = generate_text(model, tok, prompt, 30, temperature=0, stop=[stop], prompt_lookup=10,
+                      stream=lambda r, p: pieces.append(p))[0]
+    assert (b.text, b.finish_reason) == (a.text, "stop") and "".join(pieces) == b.text
+
+
+def test_prompt_lookup_negative_is_a_user_error():
+    from gpt2kit.errors import UserError
+
+    with pytest.raises(UserError):
+        generate_ids(build(), [[1, 2]], 3, temperature=0, prompt_lookup=-1)

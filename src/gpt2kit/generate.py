@@ -8,6 +8,13 @@ Two layers:
 - `generate_text(model, tokenizer, prompts, ...)`: strings in, `Completion`s out; adds `num_samples`,
   `seed`, stop strings and streaming of text pieces as they are decoded.
 
+Greedy decoding of one sequence uses prompt-lookup speculative decoding (Saxena 2023; transformers'
+`prompt_lookup_num_tokens`) by default: the tokens that followed the last earlier occurrence of the
+sequence's final 3-, 2- or 1-gram are proposed as a draft, one forward pass over [last token + draft]
+checks them all, and the longest prefix equal to the model's own argmax is kept, plus the model's next
+token. Rejected positions are dropped by moving `cache.pos` back. The output is plain greedy decoding's,
+token for token (up to float rounding between a 1-token and a k-token forward pass deciding a near-tie).
+
 The loop is lean on purpose (it is benchmarked against `transformers.generate`): no per-step
 allocation of masks when there is no padding, tokens written into a pre-allocated buffer, no
 device sync unless EOS or a callback needs one.
@@ -74,6 +81,7 @@ def generate_ids(
     generator: torch.Generator | list[torch.Generator] | None = None,
     on_step: StepCallback | None = None,
     use_cache: bool = True,
+    prompt_lookup: int | None = None,
 ) -> torch.Tensor:
     """New tokens (B, n), n <= max_new_tokens, for a batch of prompts.
 
@@ -84,15 +92,23 @@ def generate_ids(
 
     Uses the KV cache while the sequence fits in `block_size` (always with RoPE); past that, each step
     recomputes the last `block_size` tokens (the same tokens as without a cache, only slower).
+
+    prompt_lookup: the most draft tokens per step of prompt-lookup speculative decoding; None (default)
+    = `DEFAULT_PROMPT_LOOKUP` when it applies, 0 = off. It applies to greedy decoding (temperature 0)
+    of one sequence without padding, with the KV cache; elsewhere it is ignored. Same tokens, fewer
+    forward passes when the text repeats itself (code, quotes, extraction, loops).
     """
+    if prompt_lookup is not None and prompt_lookup < 0:
+        raise UserError(f"--prompt-lookup must be >= 0 (0 = off), got {prompt_lookup}")
     with torch.inference_mode():
         out = _generate_ids(model, prompts, max_new_tokens, attention_mask, temperature, top_k, top_p,
-                            repetition_penalty, eos_id, generator, on_step, use_cache)
+                            repetition_penalty, eos_id, generator, on_step, use_cache,
+                            DEFAULT_PROMPT_LOOKUP if prompt_lookup is None else prompt_lookup)
     return out.clone()  # a normal tensor, usable with autograd (inference tensors are not)
 
 
 def _generate_ids(model, prompts, max_new_tokens, attention_mask, temperature, top_k, top_p,
-                  repetition_penalty, eos_id, generator, on_step, use_cache) -> torch.Tensor:
+                  repetition_penalty, eos_id, generator, on_step, use_cache, prompt_lookup) -> torch.Tensor:
     device = model.transformer.wte.weight.device
     if isinstance(prompts, torch.Tensor):
         idx, mask = prompts, attention_mask
@@ -130,6 +146,10 @@ def _generate_ids(model, prompts, max_new_tokens, attention_mask, temperature, t
     model.eval()
     try:
         cache = model.make_cache(B, limit) if (use_cache and T < limit) else None
+        if prompt_lookup > 0 and temperature <= 0 and B == 1 and mask is None and cache is not None:
+            n = _greedy_prompt_lookup(model, seq, T, max_new_tokens, cache, prompt_lookup, seen,
+                                      repetition_penalty, eos_id, on_step)
+            return seq[:, T : T + n]
         if cache is not None:  # prefill
             logits = model(idx, attention_mask=None if mask is None else full_mask[:, :T], cache=cache)[:, -1]
         n = 0
@@ -168,6 +188,91 @@ def _generate_ids(model, prompts, max_new_tokens, attention_mask, temperature, t
     finally:
         model.train(was_training)
     return seq[:, T : T + n]
+
+
+DEFAULT_PROMPT_LOOKUP = 10
+MAX_NGRAM = 3
+
+
+def _greedy_prompt_lookup(model: GPT, seq: torch.Tensor, T: int, max_new_tokens: int, cache, k: int,
+                          seen: torch.Tensor | None, penalty: float, eos_id: int | None,
+                          on_step: StepCallback | None) -> int:
+    """Greedy decoding of one row (seq (1, T + max_new_tokens), prompt in seq[:, :T]) with
+    prompt-lookup drafts of at most k tokens; returns the number of new tokens written to seq.
+
+    Invariant at the top of the loop: `toks` holds the L tokens so far, the cache holds the first
+    L - 1 (cache.pos == L - 1), and the next forward pass feeds the last token plus the draft.
+    """
+    toks: list[int] = seq[0, :T].tolist()
+    # (n-gram) -> index of the token that followed its latest occurrence whose successor is known.
+    follow: dict[tuple[int, ...], int] = {}
+
+    def index(upto: int, start: int) -> None:  # record n-grams ending before positions start..upto-1
+        for j in range(max(1, start), upto):
+            for m in range(1, min(MAX_NGRAM, j) + 1):
+                follow[tuple(toks[j - m : j])] = j
+
+    index(T, 1)
+    if T > 1:  # prefill all but the last prompt token
+        model(seq[:, : T - 1], cache=cache)
+    cap = k  # current draft length: shrinks after rejections, grows back after full acceptances
+    n = 0
+    step = 0
+    while n < max_new_tokens:
+        L = T + n
+        room = min(max_new_tokens - n - 1, cache.max_len - cache.pos - 1)  # tokens after the bonus one
+        draft: list[int] = []
+        if room > 0:
+            for m in range(min(MAX_NGRAM, L - 1), 0, -1):
+                p = follow.get(tuple(toks[L - m :]))
+                if p is not None:
+                    # Copy what followed, continuing the copy into the draft itself when it runs
+                    # into the present (a repeating pattern keeps repeating).
+                    for i in range(min(cap, room)):
+                        src = p + i
+                        draft.append(toks[src] if src < L else draft[src - L])
+                    break
+        if cache.pos >= cache.max_len:  # past block_size without RoPE: recompute, one token per step
+            logits = _recompute(model, seq, None, L)
+        else:
+            d = len(draft)
+            if d:
+                seq[0, L : L + d] = torch.as_tensor(draft, dtype=seq.dtype)
+            logits = model(seq[:, L - 1 : L + d], cache=cache)[0]  # (1 + d, V)
+        if seen is not None:
+            rows = seen.expand(logits.size(0), -1).clone()  # row i has also seen draft[:i]
+            for i, t in enumerate(draft):
+                rows[i + 1 :, t] = True
+            logits = apply_repetition_penalty(logits, rows, penalty)
+        pred = logits.argmax(dim=-1).tolist()
+        a = 0
+        while a < len(draft) and draft[a] == pred[a]:
+            a += 1
+        if draft:
+            cache.pos -= len(draft) - a  # forget the rejected positions (overwritten later)
+            cap = min(k, cap * 2) if a == len(draft) else max(1, a + 1)
+        new = pred[: a + 1]
+        stop = False
+        for t in new:
+            seq[0, L] = t
+            toks.append(t)
+            L += 1
+            n += 1
+            if seen is not None:
+                seen[0, t] = True
+            if eos_id is not None and t == eos_id:
+                stop = True
+            if on_step is not None:
+                stopped = on_step(step, torch.tensor([t]))
+                if stopped is not None and bool(stopped.any()):
+                    stop = True
+            step += 1
+            if stop:
+                break
+        if stop:
+            break
+        index(L, L - len(new))
+    return n
 
 
 def _recompute(model: GPT, seq: torch.Tensor, full_mask: torch.Tensor | None, L: int) -> torch.Tensor:
@@ -241,6 +346,7 @@ def generate_text(
     stop: Sequence[str] = (),
     stream: Callable[[int, str], None] | None = None,
     batch_size: int = 16,
+    prompt_lookup: int | None = None,
 ) -> list[Completion]:
     """Complete each prompt `num_samples` times; returns Completions in (prompt, sample) order.
 
@@ -250,6 +356,7 @@ def generate_text(
     completions in the order returned.
     seed: the same seed and settings give the same samples, whatever the batch size and the other
     prompts (each completion has its own random generator, seeded from (seed, prompt, sample)).
+    prompt_lookup: see `generate_ids` (greedy, one completion per batch: same text, often faster).
     """
     check_sampling(temperature, top_k, top_p, repetition_penalty)
     if num_samples < 1:
@@ -296,7 +403,7 @@ def generate_text(
             model, [encoded[p] for p, _ in chunk], max_new_tokens, temperature=temperature, top_k=top_k,
             top_p=top_p, repetition_penalty=repetition_penalty, eos_id=eos_id,
             generator=[row_generator(seed, p, s, device) for p, s in chunk],
-            on_step=on_step if need_callback else None,
+            on_step=on_step if need_callback else None, prompt_lookup=prompt_lookup,
         ).tolist()
         for i, ((p, s), row) in enumerate(zip(chunk, rows)):
             if not need_callback:  # decode once at the end
