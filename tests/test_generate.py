@@ -170,6 +170,16 @@ def test_cli_generate_greedy_matches_the_api(hf_dir, tok, gpt2_vocab_model, caps
     assert out == "Hello" + ref + "\n"
 
 
+def test_cli_generate_prompt_lookup_gives_the_same_text(hf_dir, capsys):
+    argv = ["generate", "--model", str(hf_dir), "--prompt", "a b a b a b", "--max-new-tokens", "16",
+            "--temperature", "0"]
+    outs = []
+    for k in ("0", "4"):
+        assert main([*argv, "--prompt-lookup", k]) == 0
+        outs.append(capsys.readouterr().out)
+    assert outs[0] == outs[1]
+
+
 def test_cli_generate_reads_prompts_from_a_file_and_json(hf_dir, tmp_path, capsys):
     import json
 
@@ -187,6 +197,7 @@ def test_cli_generate_reads_prompts_from_a_file_and_json(hf_dir, tmp_path, capsy
     ["--top-p", "1.5"],
     ["--max-new-tokens", "0"],
     ["--prompt-file", "/nonexistent/prompts.txt"],
+    ["--prompt-lookup", "-1"],
 ])
 def test_cli_generate_user_errors(hf_dir, argv, capsys):
     rc = main(["generate", "--model", str(hf_dir), "--prompt", "x", *argv])

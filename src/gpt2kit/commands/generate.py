@@ -29,6 +29,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=None, help="random seed: the same seed gives the same samples")
     p.add_argument("--stop", action="append", default=[], help="a string that ends a completion (repeatable)")
     p.add_argument("--batch-size", type=int, default=16, help="completions generated together (default 16)")
+    p.add_argument("--prompt-lookup", type=int, default=None, metavar="K",
+                   help="greedy, one completion: draft up to K tokens per step by prompt lookup (same text, "
+                   "faster on repetitive text; default 10, 0 = off)")
     p.add_argument("--tokenizer", help="tokenizer to use when none is saved with the model")
     p.add_argument("--device", default="auto", help="cpu, cuda, mps or auto (default)")
     p.add_argument("--json", action="store_true", help="print one JSON object per completion")
@@ -59,6 +62,8 @@ def run(args: argparse.Namespace) -> int:
     for flag in ("max_new_tokens", "num_samples", "batch_size"):
         if getattr(args, flag) < 1:
             raise UserError(f"--{flag.replace('_', '-')} must be >= 1, got {getattr(args, flag)}")
+    if args.prompt_lookup is not None and args.prompt_lookup < 0:
+        raise UserError(f"--prompt-lookup must be >= 0 (0 = off), got {args.prompt_lookup}")
     prompts = read_prompts(args)
     model, tok = load_model_and_tokenizer(args.model, args.tokenizer, args.device)
     out = sys.stdout
@@ -75,6 +80,7 @@ def run(args: argparse.Namespace) -> int:
         model, tok, prompts, args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
         top_p=args.top_p, repetition_penalty=args.repetition_penalty, num_samples=args.num_samples,
         seed=args.seed, stop=args.stop, stream=stream if single else None, batch_size=args.batch_size,
+        prompt_lookup=args.prompt_lookup,
     )
     for i, c in enumerate(completions):
         if args.json:
