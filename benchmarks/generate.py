@@ -7,6 +7,14 @@ Decode tokens/s = B x (N - 1) / (time to generate N tokens - time to generate 1 
 prefill is not counted; best of --repeats.
 
     python benchmarks/generate.py --preset gpt2 --batch-sizes 1 8 --prompt-len 32 --new-tokens 128
+
+With --lookup K: batch 1, prompt-lookup speculative decoding. gpt2kit plain (prompt_lookup=0) and with
+prompt lookup (prompt_lookup=K), transformers plain and with `prompt_lookup_num_tokens=K`, on each of
+--cases: `random` (--prompt-len random token ids) and `code` (the first --prompt-len GPT-2 tokens of the
+stdlib's textwrap.py). All four must give gpt2kit plain's tokens. Random weights decode into loops,
+which prompt lookup predicts very well: the numbers are an upper bound, not what a trained model gets.
+
+    python benchmarks/generate.py --preset gpt2 --threads 1 --lookup 10 --cases random code --prompt-len 200
 """
 
 from __future__ import annotations
@@ -29,6 +37,10 @@ def best_time(fn, repeats: int) -> float:
     return best
 
 
+def loadavg() -> str:
+    return open("/proc/loadavg").read().split()[0] if platform.system() == "Linux" else "?"
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--preset", default="gpt2")
@@ -37,6 +49,13 @@ def main() -> None:
     ap.add_argument("--new-tokens", type=int, default=128)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    ap.add_argument("--lookup", type=int, default=0, metavar="K",
+                    help="batch 1: compare plain and prompt-lookup decoding with up to K draft tokens")
+    ap.add_argument("--cases", nargs="+", default=["random", "code"], choices=["random", "code"],
+                    help="prompts for --lookup (default: random code)")
+    ap.add_argument("--repetition-penalty", type=float, default=1.0,
+                    help="for --lookup: > 1 keeps random weights out of loops, so most drafts are rejected "
+                    "(measures the cost of drafting when it does not pay)")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
 
@@ -59,19 +78,56 @@ def main() -> None:
     hf.generation_config.pad_token_id = 0
     hf.generation_config.eos_token_id = None
 
-    def run_ours(prompt: torch.Tensor, n: int) -> torch.Tensor:
-        return generate_ids(ours, prompt, n, temperature=0)
+    def run_ours(prompt: torch.Tensor, n: int, lookup: int = 0) -> torch.Tensor:
+        return generate_ids(ours, prompt, n, temperature=0, prompt_lookup=lookup,
+                            repetition_penalty=args.repetition_penalty)
 
     @torch.inference_mode()
-    def run_hf(prompt: torch.Tensor, n: int) -> torch.Tensor:
+    def run_hf(prompt: torch.Tensor, n: int, lookup: int = 0) -> torch.Tensor:
+        extra = {"prompt_lookup_num_tokens": lookup} if lookup else {}
+        if args.repetition_penalty != 1.0:
+            extra["repetition_penalty"] = args.repetition_penalty
         out = hf.generate(prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=n, min_new_tokens=n,
-                          do_sample=False, use_cache=True)
+                          do_sample=False, use_cache=True, **extra)
         return out[:, prompt.shape[1] :]
 
     rows = []
-    print(f"load average {open('/proc/loadavg').read().split()[0] if platform.system() == 'Linux' else '?'}; "
+    print(f"load average {loadavg()}; "
           f"preset {args.preset} ({model_size(ours)} parameters), fp32, torch {torch.__version__}, "
           f"transformers {transformers.__version__}, {torch.get_num_threads()} threads, {platform.processor() or platform.machine()}")
+    if args.lookup:
+        from gpt2kit.tokenizer import load_tokenizer
+
+        runs = {"gpt2kit": (run_ours, 0), f"gpt2kit lookup {args.lookup}": (run_ours, args.lookup),
+                "transformers": (run_hf, 0), f"transformers lookup {args.lookup}": (run_hf, args.lookup)}
+        for case in args.cases:
+            if case == "random":
+                prompt = torch.randint(0, V, (1, args.prompt_len), generator=torch.Generator().manual_seed(1))
+            else:
+                import textwrap
+
+                with open(textwrap.__file__, encoding="utf-8") as f:
+                    ids = load_tokenizer("gpt2").encode(f.read())[: args.prompt_len]
+                prompt = torch.tensor([ids])
+            ref = run_ours(prompt, args.new_tokens)
+            res = {"case": case, "prompt_len": prompt.shape[1], "load_before": loadavg()}
+            for name, (fn, k) in runs.items():
+                out = fn(prompt, args.new_tokens, k)  # also warms up
+                t_full = best_time(lambda fn=fn, k=k, p=prompt: fn(p, args.new_tokens, k), args.repeats)
+                t_one = best_time(lambda fn=fn, k=k, p=prompt: fn(p, 1, k), args.repeats)
+                res[name] = (args.new_tokens - 1) / (t_full - t_one)
+                res[name + " same_tokens"] = torch.equal(out, ref)
+            res["load_after"] = loadavg()
+            rows.append(res)
+            base = res["transformers"]
+            print(f"{case} prompt ({res['prompt_len']} tokens), load {res['load_before']} -> {res['load_after']}:")
+            for name in runs:
+                print(f"  {name:<24} {res[name]:7.1f} tok/s  {res[name] / base:5.2f}x transformers  "
+                      f"identical tokens: {res[name + ' same_tokens']}", flush=True)
+            print("  new tokens:", ref[0, :40].tolist(), "...", flush=True)
+        if args.json:
+            print(json.dumps(rows, indent=2))
+        return
     for B in args.batch_sizes:
         prompt = torch.randint(0, V, (B, args.prompt_len), generator=torch.Generator().manual_seed(B))
         a, b = run_ours(prompt, args.new_tokens), run_hf(prompt, args.new_tokens)  # also warms up
