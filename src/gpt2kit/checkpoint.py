@@ -125,7 +125,12 @@ def save_checkpoint(
         for p in files:
             with open(p, "rb") as f:
                 os.fsync(f.fileno())
-        (tmp / "COMPLETE").write_text(f"step {step}\n")
+        with open(tmp / "COMPLETE", "w") as f:
+            f.write(f"step {step}\n")
+            f.flush()
+            os.fsync(f.fileno())
+        for d in (p for p in tmp.rglob("*") if p.is_dir()):
+            _fsync_dir(d)
         _fsync_dir(tmp)
         replace_dir(tmp, final)  # re-saving a step (e.g. after a resume) swaps, never deletes first
         _fsync_dir(ckpt_root)
@@ -143,9 +148,12 @@ def prune_checkpoints(ckpt_root: Path, keep_last: int, keep: set[str] = frozense
         return
     for d in steps[:-keep_last]:
         if d.name not in keep:
-            shutil.rmtree(d, ignore_errors=True)
-    # Leftovers of interrupted writes are garbage by construction.
-    for d in ckpt_root.glob(".tmp-step-*"):
+            # Renamed first: a prune interrupted half-way must not leave a COMPLETE dir without weights.
+            trash = ckpt_root / f".trash-{d.name}-{os.getpid()}"
+            os.replace(d, trash)
+            shutil.rmtree(trash, ignore_errors=True)
+    # Leftovers of interrupted writes and prunes are garbage by construction.
+    for d in [*ckpt_root.glob(".tmp-step-*"), *ckpt_root.glob(".trash-*")]:
         shutil.rmtree(d, ignore_errors=True)
 
 
