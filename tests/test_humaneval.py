@@ -94,3 +94,24 @@ def test_cli_humaneval_with_a_tiny_model(tmp_path, capsys):
     assert res["problems"] == 2 and res["samples_per_problem"] == 2
     assert res["pass@1"] == 0.0 and "pass@10" not in res  # a random model solves nothing
     assert [r["task_id"] for r in rows] == ["HumanEval/0", "HumanEval/0", "HumanEval/1", "HumanEval/1"]
+
+
+def test_early_exit_is_not_a_pass_and_the_guard_holds(tmp_path):
+    from gpt2kit.humaneval import check_completions, load_problems
+
+    victim = tmp_path / "victim.txt"
+    victim.write_text("keep me")
+    problems = load_problems(1)
+    attempts = [
+        "    import sys; sys.exit()\n",
+        "    raise SystemExit\n",
+        "    import os; os._exit(0)\n",
+        f"    import posix; posix.unlink({str(victim)!r})\n",
+        f"    import importlib, os; importlib.reload(os); os.remove({str(victim)!r})\n",
+        f"    open({str(victim)!r}, 'w').write('gone')\n",
+    ]
+    results = check_completions(problems, {problems[0]["task_id"]: attempts})[problems[0]["task_id"]]
+    assert [r.passed for r in results] == [False] * len(attempts), results
+    assert victim.read_text() == "keep me"
+    ok = check_completions(problems, {problems[0]["task_id"]: [problems[0]["canonical_solution"]]})
+    assert ok[problems[0]["task_id"]][0].passed

@@ -10,6 +10,7 @@ This is a guard against accidents, not a security sandbox: run untrusted models 
 from __future__ import annotations
 
 import os
+import secrets
 import signal
 import subprocess
 import sys
@@ -27,7 +28,7 @@ STOP_SEQUENCES = ["\nclass", "\ndef", "\n#", "\nif", "\nprint"]
 
 # Runs first in the child. Limits, then the destructive parts of os/shutil/subprocess removed.
 GUARD = r'''
-import builtins, faulthandler, os, resource, shutil, subprocess, sys
+import builtins, faulthandler, importlib, io, os, posix, resource, shutil, subprocess, sys
 _mem = {memory_bytes}
 if _mem:
     for _r in (resource.RLIMIT_AS, resource.RLIMIT_DATA):
@@ -42,9 +43,29 @@ def _disabled(*args, **kwargs):
 for _name in ("kill", "system", "putenv", "remove", "removedirs", "rmdir", "fchdir", "setuid", "fork",
               "forkpty", "killpg", "rename", "renames", "truncate", "replace", "unlink", "fchmod", "fchown",
               "chmod", "chown", "chroot", "lchflags", "lchmod", "lchown", "chdir", "execv", "execve",
-              "execvp", "execvpe", "spawnv", "spawnve", "popen", "posix_spawn", "posix_spawnp"):
-    if hasattr(os, _name):
-        setattr(os, _name, _disabled)
+              "execvp", "execvpe", "spawnv", "spawnve", "popen", "posix_spawn", "posix_spawnp", "_exit",
+              "link", "symlink", "mkfifo", "mknod", "ftruncate"):
+    for _m in (os, posix):  # os re-exports posix: patch both, or `import posix` walks around the guard
+        if hasattr(_m, _name):
+            setattr(_m, _name, _disabled)
+_cwd = os.getcwd()
+_open, _os_open = builtins.open, os.open
+def _inside(path):
+    try:
+        return os.path.realpath(path).startswith(_cwd + os.sep)
+    except (TypeError, ValueError):
+        return False
+def _guarded_open(file, mode="r", *args, **kwargs):
+    if any(c in mode for c in "wax+") and not (isinstance(file, int) or _inside(file)):
+        raise PermissionError("writing outside the sandbox directory is disabled")
+    return _open(file, mode, *args, **kwargs)
+def _guarded_os_open(path, flags, *args, **kwargs):
+    if flags & (os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_APPEND) and not _inside(path):
+        raise PermissionError("writing outside the sandbox directory is disabled")
+    return _os_open(path, flags, *args, **kwargs)
+builtins.open = io.open = _guarded_open
+os.open = posix.open = _guarded_os_open
+importlib.reload = _disabled
 for _name in ("rmtree", "move", "chown"):
     setattr(shutil, _name, _disabled)
 subprocess.Popen = _disabled
@@ -53,7 +74,7 @@ builtins.exit = builtins.quit = _disabled
 builtins.help = _disabled
 for _mod in ("ipdb", "joblib", "resource", "psutil", "tkinter", "ctypes", "multiprocessing"):
     sys.modules[_mod] = None
-del builtins, faulthandler, os, resource, shutil, subprocess, sys, _name, _mod, _mem, _disabled
+del faulthandler, importlib, io, resource, shutil, subprocess, sys, _name, _mod, _mem, _m
 '''
 
 
@@ -79,8 +100,15 @@ def program(problem: dict, completion: str) -> str:
 
 
 def run_program(source: str, timeout: float = 5.0, memory_mb: int | None = 1024) -> RunResult:
-    """Run `source` in a guarded subprocess; passed = exit code 0 within `timeout` seconds."""
+    """Run `source` in a guarded subprocess; passed = it ran to its end (a random sentinel printed
+    after the last line) with exit code 0 within `timeout` seconds, so `sys.exit()` is no pass.
+
+    A guard against accidents (deletes, writes outside a temp dir, subprocesses), not a security sandbox."""
+    if not timeout > 0:
+        raise UserError(f"--timeout must be > 0 seconds, got {timeout}")
+    sentinel = secrets.token_hex(16)
     guard = GUARD.format(memory_bytes=(memory_mb or 0) * 2**20, cpu_seconds=int(timeout) + 1)
+    source = f"{source}\nprint({sentinel!r}, flush=True)\n"
     with tempfile.TemporaryDirectory(prefix="gpt2kit-humaneval-") as tmp:
         path = os.path.join(tmp, "program.py")
         with open(path, "w", encoding="utf-8") as f:
@@ -89,16 +117,18 @@ def run_program(source: str, timeout: float = 5.0, memory_mb: int | None = 1024)
                "TMPDIR": tmp, "PYTHONDONTWRITEBYTECODE": "1"}
         proc = subprocess.Popen(
             [sys.executable, "-I", "-S", path], cwd=tmp, env=env, stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True,
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True,
         )
         try:
-            _, err = proc.communicate(timeout=timeout)
+            out, err = proc.communicate(timeout=timeout)
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)  # the whole session, in case it spawned anything
             proc.communicate()
             return RunResult(False, "timed out")
-    if proc.returncode == 0:
+    if proc.returncode == 0 and sentinel.encode() in out:
         return RunResult(True, "passed")
+    if proc.returncode == 0:
+        return RunResult(False, "failed: exited before the tests ran to the end")
     if proc.returncode in (-signal.SIGXCPU, -signal.SIGKILL):
         return RunResult(False, "timed out")
     lines = err.decode("utf-8", "replace").strip().splitlines()
