@@ -260,3 +260,19 @@ def test_stdlib_subset_and_streaming_dataset(tmp_path, gpt2):
     datasets.Dataset.from_dict({"text": DOCS[:8]}).save_to_disk(str(tmp_path / "ds"))
     meta = prepare([str(tmp_path / "ds")], gpt2, tmp_path / "out", streaming=True, val_fraction=0.0, progress=False)
     assert split_tokens(tmp_path / "out", "train").tolist() == [i for t in DOCS[:8] for i in gpt2.encode(t) + [50256]]
+
+
+def test_a_corpus_that_hashes_entirely_into_validation_still_trains(tmp_path):
+    """One small file whose key lands in validation: it becomes the training split, validation its tail."""
+    from gpt2kit.prepare import is_val, prepare
+    from gpt2kit.tokenizer import load_tokenizer, train_tokenizer
+
+    name = next(f"notes{i}.txt" for i in range(10_000) if is_val(f"notes{i}.txt", 0.05))  # a key that lands in val
+    f = tmp_path / name
+    f.write_text("def f(x):\n    return x + 1\n" * 200)
+    meta = prepare([str(f)], load_tokenizer("gpt2"), tmp_path / "out", val_fraction=0.05, progress=False)
+    train, val = meta["splits"]["train"], meta["splits"]["val"]
+    assert train["documents"] == 1 and val["from_train_tail"] and val["tokens"] > 0
+    assert sorted(p.name for p in (tmp_path / "out").glob("*.bin")) == ["train-00000.bin", "val-00000.bin"]
+    tok = train_tokenizer([str(f)], vocab_size=300, heldout_fraction=0.999999)  # the one document is held out
+    assert tok.vocab_size > 258 and tok.decode(tok.encode(f.read_text())) == f.read_text()  # learned merges

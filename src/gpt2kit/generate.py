@@ -36,13 +36,13 @@ StepCallback = Callable[[int, torch.Tensor], "torch.Tensor | None"]
 
 def check_sampling(temperature: float, top_k: int | None, top_p: float | None, repetition_penalty: float) -> None:
     """Raise a UserError for sampling settings that make no sense."""
-    if temperature < 0:
-        raise UserError(f"--temperature must be >= 0 (0 = greedy), got {temperature}")
+    if not temperature >= 0 or temperature == float("inf"):  # also NaN
+        raise UserError(f"--temperature must be a number >= 0 (0 = greedy), got {temperature}")
     if top_k is not None and top_k < 1:
         raise UserError(f"--top-k must be a positive integer, got {top_k}")
     if top_p is not None and not 0.0 < top_p <= 1.0:
         raise UserError(f"--top-p must be in (0, 1], got {top_p}")
-    if repetition_penalty <= 0:
+    if not 0 < repetition_penalty < float("inf"):
         raise UserError(f"--repetition-penalty must be > 0 (1 = off), got {repetition_penalty}")
 
 
@@ -359,6 +359,8 @@ def generate_text(
     prompt_lookup: see `generate_ids` (greedy, one completion per batch: same text, often faster).
     """
     check_sampling(temperature, top_k, top_p, repetition_penalty)
+    if any(not s for s in stop):
+        raise UserError("--stop strings must not be empty (an empty string would stop at once)")
     if num_samples < 1:
         raise UserError(f"--num-samples must be >= 1, got {num_samples}")
     if isinstance(prompts, str):
@@ -457,4 +459,12 @@ def resolve_device(device: str | None) -> str:
         if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
             return "mps"
         return "cpu"
+    try:
+        dev = torch.device(device)
+    except RuntimeError:
+        raise UserError(f"unknown --device {device!r}; use cpu, cuda, cuda:N, mps or auto") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise UserError(f"--device {device}: no CUDA GPU is available here; use --device cpu or auto")
+    if dev.type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise UserError(f"--device {device}: MPS is not available here; use --device cpu or auto")
     return device

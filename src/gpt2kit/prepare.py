@@ -356,6 +356,8 @@ def _write(corpus, tokenizer: Tokenizer, tmp: Path, val_fraction: float, workers
     finally:
         bar.close()
     splits = {s: w.close() for s, w in writers.items()}
+    if splits["train"]["documents"] == 0 and splits["val"]["documents"] > 0:
+        _train_on_val(tmp, splits)  # e.g. one small file that hashed into validation
     if val_fraction > 0 and splits["val"]["documents"] == 0 and splits["train"]["tokens"] > 1:
         _val_from_tail(tmp, splits, dtype, val_fraction)
     return {
@@ -371,6 +373,22 @@ def _write(corpus, tokenizer: Tokenizer, tmp: Path, val_fraction: float, workers
         "skipped": dict(corpus.stats.as_dict()),
         "seconds": round(time.perf_counter() - start, 3),
     }
+
+
+def _train_on_val(tmp: Path, splits: dict) -> None:
+    """Every document hashed into validation: make them the training split (the caller then takes
+    validation from the tail), rather than failing on an empty training split."""
+    for name in splits["train"]["files"]:
+        (tmp / name).unlink()
+    files = []
+    for name in splits["val"]["files"]:
+        new = "train-" + name.split("-", 1)[1]
+        os.replace(tmp / name, tmp / new)
+        files.append(new)
+    empty = "val-00000.bin"
+    (tmp / empty).write_bytes(b"")
+    splits["train"] = {**splits["val"], "files": files}
+    splits["val"] = {"files": [empty], "tokens": 0, "documents": 0, "bytes": 0}
 
 
 def _val_from_tail(tmp: Path, splits: dict, dtype: str, val_fraction: float) -> None:

@@ -378,6 +378,9 @@ def train_tokenizer(
             yield doc.text
 
     tk.train_from_iterator(texts(), trainer=trainer)
+    if n_docs == 0 and heldout_fraction:  # every document was held out (e.g. one file): train on them all
+        heldout_fraction = 0.0
+        tk.train_from_iterator(texts(), trainer=trainer)
     corpus.report()
     if n_docs == 0:
         raise UserError(f"no documents found in {' '.join(map(str, sources))}; nothing to train a tokenizer on")

@@ -99,6 +99,13 @@ def run_perplexity(args: argparse.Namespace, model, tok) -> dict:
     stride = args.stride or max(1, context // 2)
     if len(args.data) == 1 and (Path(args.data[0]).expanduser() / "meta.json").is_file():  # `gpt2kit prepare` output
         split = args.split or "val"
+        from gpt2kit.errors import UserError
+        from gpt2kit.prepare import read_meta
+
+        made_by = read_meta(args.data[0]).get("tokenizer_sha256")
+        if made_by and made_by != tok.sha256:
+            raise UserError(f"{args.data[0]} was prepared with another tokenizer than the model's; "
+                            "prepare it again with the model's tokenizer (gpt2kit prepare --tokenizer MODEL_DIR)")
         res = evaluate_prepared(model, args.data[0], split, context=context, stride=stride,
                                 batch_size=args.batch_size, limit_docs=args.limit_docs, progress=True)
         return {**res.to_dict(), "context": context, "stride": stride, "split": split}

@@ -44,7 +44,15 @@ def read_prompts(args: argparse.Namespace) -> list[str]:
     prompts = list(args.prompt or [])
     if args.prompt_file:
         path = require_path(args.prompt_file, "prompt file")
-        prompts += [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+        if not path.is_file():
+            raise UserError(f"--prompt-file {path} is not a file; pass a text file with one prompt per line")
+        try:
+            lines = [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+        except UnicodeDecodeError:
+            raise UserError(f"--prompt-file {path} is not UTF-8 text") from None
+        if not lines:
+            raise UserError(f"--prompt-file {path} has no prompts (one non-empty line per prompt)")
+        prompts += lines
     if not prompts:
         if sys.stdin is None or sys.stdin.isatty():
             raise UserError("no prompt given; pass --prompt TEXT, --prompt-file FILE, or pipe text on stdin")
