@@ -1,6 +1,7 @@
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -130,3 +131,11 @@ def test_export_onto_a_file_or_over_its_source_is_refused(tmp_path, capsys):
     assert "contains the model source" in capsys.readouterr().err
     assert main(["export", "--model", str(tmp_path / "run"), "--out", str(tmp_path), "--overwrite"]) == 2
     assert (tmp_path / "run" / "checkpoints" / "step-00000001" / "COMPLETE").exists()
+
+
+def test_unwritable_output_path_is_a_user_error(tmp_path, capsys):
+    (tmp_path / "afile").write_text("x")
+    rc = main(["tokenizer", "train", "--data", str(Path(__file__)), "--vocab-size", "300",
+               "--out", str(tmp_path / "afile" / "tok")])
+    err = capsys.readouterr().err
+    assert rc == 2 and err.strip().splitlines()[-1].startswith("error: ") and "Traceback" not in err

@@ -55,6 +55,12 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except (FileNotFoundError, IsADirectoryError, NotADirectoryError, PermissionError, FileExistsError) as e:
+        if not e.filename:
+            raise
+        # A backstop for paths the user gave that a command did not check itself.
+        print(f"error: {e.strerror or type(e).__name__}: {e.filename}; check the path", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
