@@ -14,13 +14,13 @@ import json
 import os
 import re
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from gpt2kit import __version__
+from gpt2kit.atomic import make_temp_dir, replace_dir, write_text_atomic
 from gpt2kit.errors import UserError
 from gpt2kit.model import GPT, GPTConfig
 
@@ -45,37 +45,6 @@ def _sha256(path: Path) -> str:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()
-
-
-def make_temp_dir(parent: Path, prefix: str) -> Path:
-    """A temporary sibling directory to build a result in, with normal (umask) permissions,
-    not mkdtemp's 0700, so checkpoints and exports stay readable by the user's other tools."""
-    tmp = Path(tempfile.mkdtemp(prefix=prefix, dir=parent))
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o777 & ~umask)
-    return tmp
-
-
-def replace_dir(tmp: Path, final: Path) -> None:
-    """Move the finished `tmp` to `final`; an existing `final` is swapped aside first, never deleted
-    before the new one is in place."""
-    if final.exists():
-        trash = final.with_name(f".old-{final.name}-{os.getpid()}")
-        os.replace(final, trash)
-        os.replace(tmp, final)
-        shutil.rmtree(trash, ignore_errors=True)
-    else:
-        os.replace(tmp, final)
-
-
-def write_text_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def save_model_files(model: GPT, directory: Path, state_dict: dict | None = None) -> None:

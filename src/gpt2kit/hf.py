@@ -191,7 +191,7 @@ def export(model: GPT, out: str | os.PathLike, tokenizer=None, overwrite: bool =
     """
     from safetensors.torch import save_file
 
-    from gpt2kit.checkpoint import make_temp_dir, replace_dir
+    from gpt2kit.atomic import make_temp_dir, replace_dir
 
     out = Path(out)
     if out.exists() and not out.is_dir():

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-from gpt2kit.checkpoint import write_text_atomic
+from gpt2kit.atomic import write_text_atomic
 from gpt2kit.errors import UserError
 
 

@@ -38,6 +38,7 @@ from pathlib import Path
 
 import numpy as np
 
+from gpt2kit.atomic import replace_dir
 from gpt2kit.errors import UserError
 from gpt2kit.sources import Document, open_sources
 from gpt2kit.tokenizer import Tokenizer, warn
@@ -301,7 +302,7 @@ def prepare(
         _check_size(meta, block_size, out)
         tokenizer.save(tmp)
         (tmp / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
-        _replace_dir(tmp, out)
+        replace_dir(tmp, out)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     corpus.report()
@@ -414,17 +415,6 @@ def _check_size(meta: dict, block_size: int | None, out: Path) -> None:
     if have < need:
         raise UserError(f"the training split of {out} has {have} tokens but a block of {block_size or 1} needs "
                         f"{need}; add data or lower the block size")
-
-
-def _replace_dir(tmp: Path, out: Path) -> None:
-    """Rename `tmp` to `out`, replacing an old result only after the new one is complete."""
-    if out.exists():
-        old = out.parent / f".{out.name}.old-{os.getpid()}"
-        out.rename(old)
-        tmp.rename(out)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        tmp.rename(out)
 
 
 def _summary(meta: dict) -> str:

@@ -23,6 +23,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from gpt2kit.atomic import write_text_atomic
 from gpt2kit.checkpoint import (
     complete_checkpoints,
     find_checkpoint,
@@ -32,7 +33,6 @@ from gpt2kit.checkpoint import (
     prune_checkpoints,
     save_checkpoint,
     tokenizer_source,
-    write_text_atomic,
 )
 from gpt2kit.config import OptimArgs, TrainConfig
 from gpt2kit.errors import UserError
