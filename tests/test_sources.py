@@ -97,3 +97,22 @@ def test_missing_path_and_offline_hub(monkeypatch):
         open_sources(["./nope.txt"])
     with pytest.raises(UserError, match="offline"):
         list(open_sources(["hf:some-user/some-dataset-that-is-not-here"]))
+
+
+def test_code_folder_with_a_stray_table_and_a_broken_link(tmp_path, capsys):
+    from gpt2kit.cli import main
+    from gpt2kit.sources import open_sources
+
+    (tmp_path / "a.py").write_text("print('a')\n")
+    (tmp_path / "fixture.csv").write_text("name,value\nx,1\n")
+    (tmp_path / "dangling.py").symlink_to(tmp_path / "nowhere.py")
+    corpus = open_sources([str(tmp_path)])
+    assert [d.key for d in corpus] == ["a.py"]
+    corpus.fingerprint()  # no traceback on the broken link
+    corpus.report()
+    assert "skipped 1 table file(s) without a 'text' column" in capsys.readouterr().err
+    (tmp_path / "bad.parquet").write_bytes(b"PAR1 not really")
+    assert main(["prepare", "--data", str(tmp_path / "bad.parquet"), "--tokenizer", "gpt2",
+                 "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert "not a readable parquet file" in err and "Traceback" not in err

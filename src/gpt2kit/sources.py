@@ -49,6 +49,7 @@ class SourceStats:
     undecodable_files: int = 0
     undecodable_bytes: int = 0
     empty_skipped: int = 0
+    tables_skipped: list[str] = field(default_factory=list)  # tables in a directory without the text column
     examples: list[str] = field(default_factory=list)
 
     def as_dict(self) -> dict:
@@ -56,6 +57,7 @@ class SourceStats:
             "binary_skipped": self.binary_skipped,
             "undecodable_files": self.undecodable_files,
             "empty_skipped": self.empty_skipped,
+            "tables_skipped": len(self.tables_skipped),
         }
 
 
@@ -80,8 +82,8 @@ def _walk(root: Path, include: Sequence[str], exclude: Sequence[str], skip_dirs:
         rel_dir = Path(dirpath).relative_to(root)
         dirnames[:] = sorted(d for d in dirnames if not d.startswith(".") and d != "__pycache__" and d not in skip_dirs)
         for name in sorted(filenames):
-            if name.startswith("."):
-                continue
+            if name.startswith(".") or not os.path.isfile(os.path.join(dirpath, name)):
+                continue  # hidden files, broken symlinks, sockets, fifos
             rel = (rel_dir / name).as_posix()
             if include and not _matches(rel, include):
                 continue
@@ -175,7 +177,10 @@ class Source:
             for f in self.files():
                 rel = prefix + f.relative_to(root).as_posix()
                 if f.suffix.lower() in TABLE_SUFFIXES and self.kind == "dir" and not f.name.endswith(".json"):
-                    yield from self._table(f, rel)
+                    try:  # one fixture.csv in a code folder must not abort the corpus: skip it, and say so
+                        yield from self._table(f, rel)
+                    except MissingColumn:
+                        self.stats.tables_skipped.append(rel)
                 else:
                     yield from self._file(f, rel)
         elif self.kind == "file":
@@ -230,10 +235,13 @@ class Source:
         elif suffix == ".parquet":
             import pyarrow.parquet as pq
 
-            pf = pq.ParquetFile(path)
+            try:
+                pf = pq.ParquetFile(path)
+            except Exception as e:  # pyarrow raises ArrowInvalid & co. for damaged files
+                raise UserError(f"{path} is not a readable parquet file ({type(e).__name__}); fix or remove it") from None
             names = pf.schema_arrow.names
             if self.text_column not in names:
-                raise UserError(_unknown_column(self.text_column, names, path))
+                raise MissingColumn(_unknown_column(self.text_column, names, path))
             for batch in pf.iter_batches(batch_size=1024, columns=[self.text_column]):
                 for v in batch.column(0).to_pylist():
                     yield {self.text_column: v}
@@ -242,7 +250,7 @@ class Source:
         for i, row in enumerate(self._rows(path)):
             if not isinstance(row, dict) or self.text_column not in row:
                 names = list(row) if isinstance(row, dict) else [type(row).__name__]
-                raise UserError(_unknown_column(self.text_column, names, path))
+                raise MissingColumn(_unknown_column(self.text_column, names, path))
             text = row[self.text_column]
             if text is None or text == "":
                 self.stats.empty_skipped += 1
@@ -284,6 +292,10 @@ class Source:
                             "check the path or the dataset name") from e
 
 
+class MissingColumn(UserError):
+    """A table without the text column (skipped inside directories, an error for a named file)."""
+
+
 def _unknown_column(column: str, names: Sequence[str], where) -> str:
     return f"no column {column!r} in {where}; columns found: {', '.join(map(str, names)) or 'none'} (use --text-column)"
 
@@ -323,6 +335,10 @@ class Corpus:
                   file=sys.stderr)
         if s.binary_skipped:
             print(f"warning: skipped {s.binary_skipped} binary file(s)", file=sys.stderr)
+        if s.tables_skipped:
+            print(f"warning: skipped {len(s.tables_skipped)} table file(s) without a {self.options.get('text_column', 'text')!r} "
+                  f"column (e.g. {', '.join(s.tables_skipped[:3])}); use --text-column, or --exclude them",
+                  file=sys.stderr)
 
 
 def open_sources(sources: Sequence[str] | str, **options) -> Corpus:
