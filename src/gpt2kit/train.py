@@ -350,7 +350,7 @@ def train(cfg: TrainConfig, out: str | os.PathLike, resume: str | None = None, o
     from accelerate.utils import gather_object
 
     from gpt2kit.loader import PackedLoader
-    from gpt2kit.prepare import ensure_prepared, read_meta
+    from gpt2kit.prepare import check_vocab, ensure_prepared, read_meta
 
     t_start = time.time()
     out = Path(out)
@@ -384,9 +384,7 @@ def train(cfg: TrainConfig, out: str | os.PathLike, resume: str | None = None, o
     # ---- model, optimizer, loaders
     seed_everything(t.seed)  # same init on every rank
     model = build_model(cfg, tokenizer.vocab_size, resume_ckpt)
-    if meta["vocab_size"] > model.config.vocab_size:
-        raise UserError(f"the data in {data_dir} was tokenized with {meta['vocab_size']} ids but the model has "
-                        f"{model.config.vocab_size}; prepare it with the model's tokenizer")
+    check_vocab(meta["vocab_size"], model.config.vocab_size, f"the data in {data_dir}")
     block_size = model.config.block_size
     model.grad_checkpointing = t.grad_checkpointing
     device = accelerator.device
