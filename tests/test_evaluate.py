@@ -139,3 +139,41 @@ def test_prepared_directory_scores_like_the_texts(tok, tmp_path):
     assert sum(p.loss * p.tokens for p in parts) == pytest.approx(whole.loss * whole.tokens, rel=1e-5)
     assert sum(p.bytes for p in parts) == whole.bytes
     assert parts[1].bits_per_byte == pytest.approx(parts[1].loss * parts[1].tokens / math.log(2) / parts[1].bytes)
+
+
+def test_bits_per_byte_is_none_when_bytes_are_unknown(tok, tmp_path, capsys):
+    """Never a division by zero: a tail split has real bytes; a split without them (older prepares) gets None."""
+    from gpt2kit.evaluate import evaluate_prepared
+    from gpt2kit.prepare import prepare
+
+    model = build(vocab_size=tok.vocab_size, block_size=32)
+    assert evaluate_token_documents(model, [([1, 2, 3, 4], 0)]).bits_per_byte is None
+    (tmp_path / "one.txt").write_text("a single document, " * 30)
+    meta = prepare([str(tmp_path / "one.txt")], tok, tmp_path / "prep", min_val_tokens=20, progress=False)
+    assert meta["splits"]["val"]["from_train_tail"]
+    res = evaluate_prepared(model, str(tmp_path / "prep"), "val", context=32)
+    assert res.bytes == meta["splits"]["val"]["bytes"] > 0
+    assert res.bits_per_byte == pytest.approx(res.loss * res.tokens / math.log(2) / res.bytes)
+    meta["splits"]["val"]["bytes"] = 0  # what tail splits recorded before they counted bytes
+    (tmp_path / "prep" / "meta.json").write_text(json.dumps(meta))
+    res = evaluate_prepared(model, str(tmp_path / "prep"), "val", context=32)
+    assert res.bits_per_byte is None and res.bytes == 0 and res.loss > 0
+
+    from gpt2kit.hf import export
+
+    model_dir = export(model, tmp_path / "hf", tokenizer=tok)
+    assert main(["eval", "--model", str(model_dir), "--data", str(tmp_path / "prep")]) == 0
+    assert "n/a (bytes unknown)" in capsys.readouterr().out
+    assert main(["eval", "--model", str(model_dir), "--data", str(tmp_path / "prep"), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["bits_per_byte"] is None
+
+
+def test_cli_eval_sample_by_line(tok, uniform_model, tmp_path, capsys):
+    from gpt2kit.hf import export
+
+    model_dir = export(uniform_model, tmp_path / "hf", tokenizer=tok)
+    (tmp_path / "jokes.txt").write_text("one joke\n\ntwo jokes\nthree jokes\n")
+    assert main(["eval", "--model", str(model_dir), "--data", str(tmp_path / "jokes.txt"), "--sample-by", "line",
+                 "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["documents"] == 3 and out["bytes"] == len("one joketwo jokesthree jokes")

@@ -12,7 +12,7 @@ import pytest
 
 from gpt2kit.cli import main
 from gpt2kit.errors import UserError
-from gpt2kit.prepare import ensure_prepared, is_val, load_split, prepare, read_meta
+from gpt2kit.prepare import DEFAULT_SHARD_TOKENS, ensure_prepared, is_val, load_split, prepare, read_meta
 from gpt2kit.sources import open_sources
 from gpt2kit.tokenizer import load_tokenizer
 
@@ -276,3 +276,157 @@ def test_a_corpus_that_hashes_entirely_into_validation_still_trains(tmp_path):
     assert sorted(p.name for p in (tmp_path / "out").glob("*.bin")) == ["train-00000.bin", "val-00000.bin"]
     tok = train_tokenizer([str(f)], vocab_size=300, heldout_fraction=0.999999)  # the one document is held out
     assert tok.vocab_size > 258 and tok.decode(tok.encode(f.read_text())) == f.read_text()  # learned merges
+
+
+# -- small data: documents per line, a validation floor, real bytes ------------------------------------
+def split_docs(tok, out: Path, split: str) -> list[list[int]]:
+    """A split's token stream cut at EOS: the ids of each document (the last piece may lack its EOS)."""
+    ids = split_tokens(out, split).tolist()
+    docs, cur = [], []
+    for i in ids:
+        if i == tok.eos_id:
+            docs.append(cur)
+            cur = []
+        else:
+            cur.append(i)
+    return docs + ([cur] if cur else [])
+
+
+def check_floor(tok, out: Path, meta: dict, docs: list, floor: int) -> None:
+    """Validation = the hashed documents + the fewest whole documents from the end of training that reach
+    `floor` tokens; both streams are exactly encode(doc) + EOS per document; bytes are the documents' bytes."""
+    hashed = [d for d in docs if is_val(d.key, 0.01)]
+    rest = [d for d in docs if not is_val(d.key, 0.01)]
+    enc = {d.key: tok.encode(d.text) + [tok.eos_id] for d in docs}
+    k = len(rest)
+    while sum(len(enc[d.key]) for d in hashed + rest[k:]) < floor:
+        k -= 1
+    assert 0 < k < len(rest)  # whole documents moved, training keeps some
+    train, val = rest[:k], hashed + rest[k:]
+    for split, part in (("train", train), ("val", val)):
+        info = meta["splits"][split]
+        assert split_tokens(out, split).tolist() == [i for d in part for i in enc[d.key]]
+        assert info["documents"] == len(part) and info["tokens"] == sum(len(enc[d.key]) for d in part)
+        assert info["bytes"] == sum(len(d.text.encode()) for d in part) > 0
+    assert meta["splits"]["val"]["tokens"] >= floor and meta["splits"]["val"]["val_floor"]
+    assert not {d.key for d in train} & {d.key for d in val}
+    assert "from_train_tail" not in meta["splits"]["val"]
+
+
+def test_jokes_file_one_per_line_gets_a_validation_floor_of_whole_documents(tmp_path, gpt2):
+    jokes = "".join(f"Joke {i}: ha{'!' * (i % 4)}\n" + ("\n" if i % 50 == 0 else "") for i in range(300))
+    (tmp_path / "jokes.txt").write_text(jokes)
+    meta = prepare([str(tmp_path / "jokes.txt")], gpt2, tmp_path / "out", sample_by="line", min_val_tokens=33,
+                   progress=False)
+    docs = list(open_sources([str(tmp_path / "jokes.txt")], sample_by="line"))
+    assert len(docs) == 300 and docs[7].key == "jokes.txt:7" and docs[7].text == "Joke 7: ha!!!"
+    assert sum(len(gpt2.encode(d.text)) + 1 for d in docs if is_val(d.key, 0.01)) < 33  # the hash alone falls short
+    check_floor(gpt2, tmp_path / "out", meta, docs, 33)
+    assert meta["options"]["min_val_tokens"] == 33 and meta["options"]["sample_by"] == "line"
+    # tiny shards: documents move across shard boundaries, validation's shards stay within shard_tokens
+    small = prepare([str(tmp_path / "jokes.txt")], gpt2, tmp_path / "small", sample_by="line", min_val_tokens=33,
+                    shard_tokens=7, progress=False)
+    check_floor(gpt2, tmp_path / "small", small, docs, 33)
+    assert len(small["splits"]["val"]["files"]) > 1 and read_meta(tmp_path / "small") == small
+    assert max(p.stat().st_size for p in (tmp_path / "small").glob("*.bin")) == 7 * 2
+
+
+def test_csv_of_examples_gets_a_validation_floor(tmp_path, gpt2):
+    import csv
+
+    with open(tmp_path / "recipes.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["title", "body"])
+        w.writerows([f"dish {i}", f"mix {i} eggs, bake"] for i in range(300))
+    meta = prepare([str(tmp_path / "recipes.csv")], gpt2, tmp_path / "out", text_column="body",
+                   min_val_tokens=33, progress=False)
+    docs = list(open_sources([str(tmp_path / "recipes.csv")], text_column="body"))
+    check_floor(gpt2, tmp_path / "out", meta, docs, 33)
+
+
+def test_single_file_tail_split_records_real_bytes(tmp_path, gpt2):
+    text = "naïve café 😀 日本語 " * 40 + "end"  # multi-byte characters: the cut may fall inside one
+    (tmp_path / "one.txt").write_text(text)
+    for floor in (None, 33, 100):
+        out = tmp_path / f"out{floor}"
+        meta = prepare([str(tmp_path / "one.txt")], gpt2, out, min_val_tokens=floor, progress=False,
+                       shard_tokens=5 if floor == 100 else DEFAULT_SHARD_TOKENS)  # tiny shards: a cut across them
+        assert read_meta(out) == meta
+        train, val = meta["splits"]["train"], meta["splits"]["val"]
+        assert val["from_train_tail"] and val["tokens"] >= (floor or 1) and train["tokens"] >= (floor or 1)
+        assert train["bytes"] > 0 and val["bytes"] > 0
+        assert train["bytes"] + val["bytes"] == len(text.encode())
+        assert train["documents"] == val["documents"] == 1  # the one document, cut in two
+        assert split_tokens(out, "train").tolist() + split_tokens(out, "val").tolist() == gpt2.encode(text) + [
+            gpt2.eos_id]
+
+
+def test_floor_never_starves_training(tmp_path, gpt2):
+    """Two documents, the last one most of the corpus: moving it would leave training too little, so the
+    tail split is used; training keeps min_val_tokens tokens."""
+    (tmp_path / "c").mkdir()
+    a, b = "short one", "a much longer document " * 30
+    name_a, name_b = "a.txt", "b.txt"
+    assert not is_val(name_a, 0.01) and not is_val(name_b, 0.01)
+    (tmp_path / "c" / name_a).write_text(a)
+    (tmp_path / "c" / name_b).write_text(b)
+    meta = prepare([str(tmp_path / "c")], gpt2, tmp_path / "out", min_val_tokens=20, progress=False)
+    train, val = meta["splits"]["train"], meta["splits"]["val"]
+    assert val["from_train_tail"] and "val_floor" not in val and val["tokens"] >= 20 and train["tokens"] >= 20
+    assert train["documents"] == 2 and val["documents"] == 1
+    assert train["bytes"] + val["bytes"] == len(a) + len(b) and val["bytes"] > 0
+    # the other way round, the last document is small enough to move whole (also without a floor)
+    (tmp_path / "c" / name_a).write_text(b)
+    (tmp_path / "c" / name_b).write_text(a)
+    for floor in (None, 3):
+        meta = prepare([str(tmp_path / "c")], gpt2, tmp_path / f"out{floor}", min_val_tokens=floor, progress=False)
+        train, val = meta["splits"]["train"], meta["splits"]["val"]
+        assert val["val_floor"] and (val["documents"], val["bytes"]) == (1, len(a)) and train["bytes"] == len(b)
+        assert split_tokens(tmp_path / f"out{floor}", "val").tolist() == gpt2.encode(a) + [gpt2.eos_id]
+
+
+def test_floor_is_in_the_cache_key_and_cli_sample_by(tmp_path, gpt2, monkeypatch, capsys):
+    (tmp_path / "jokes.txt").write_text("".join(f"joke {i}\n" for i in range(300)))
+    monkeypatch.setenv("GPT2KIT_CACHE", str(tmp_path / "cache"))
+    src = [str(tmp_path / "jokes.txt")]
+    d1 = ensure_prepared(src, gpt2, sample_by="line", min_val_tokens=33, progress=False)
+    d2 = ensure_prepared(src, gpt2, sample_by="line", min_val_tokens=65, progress=False)
+    assert d1 != d2 and read_meta(d2)["splits"]["val"]["tokens"] >= 65
+    assert ensure_prepared(src, gpt2, sample_by="line", min_val_tokens=33, progress=False) == d1
+    assert ensure_prepared(src, gpt2, sample_by="file", progress=False) == ensure_prepared(src, gpt2, progress=False)
+    rc = main(["prepare", "--data", src[0], "--sample-by", "line", "--block-size", "32", "--out",
+               str(tmp_path / "out"), "--json", "--quiet"])
+    meta = json.loads(capsys.readouterr().out)
+    assert rc == 0 and meta["splits"]["train"]["documents"] + meta["splits"]["val"]["documents"] == 300
+    assert meta["splits"]["val"]["tokens"] >= 33 and meta["options"]["min_val_tokens"] == 33
+
+
+def test_split_bytes_per_token():
+    from gpt2kit.prepare import split_bytes_per_token
+
+    assert split_bytes_per_token({"tokens": 10, "bytes": 25}) == 2.5
+    assert split_bytes_per_token({"tokens": 10, "bytes": 0}) is None  # older tail splits recorded no bytes
+    assert split_bytes_per_token({"tokens": 0, "bytes": 0}) is None
+    assert split_bytes_per_token({"tokens": 3}) is None
+
+
+def test_prepare_errors_name_the_flag_of_the_running_command(tmp_path, gpt2):
+    from gpt2kit.errors import set_flag_style
+    from gpt2kit.loader import PackedLoader
+
+    (tmp_path / "a.txt").write_text("just a few tokens, " * 5)
+    with pytest.raises(UserError, match="--val-fraction must be in"):
+        prepare([str(tmp_path / "a.txt")], gpt2, tmp_path / "out", val_fraction=1.5, progress=False)
+    prepare([str(tmp_path / "a.txt")], gpt2, tmp_path / "out", val_fraction=0.1, progress=False)
+    try:
+        set_flag_style("config")
+        with pytest.raises(UserError, match=r"--data\.val_fraction must be in"):
+            prepare([str(tmp_path / "a.txt")], gpt2, tmp_path / "out", val_fraction=1.5, progress=False)
+        with pytest.raises(UserError, match=r"lower --model\.block_size.*raise --data\.val_fraction"):
+            PackedLoader(tmp_path / "out", "val", 16, 1)
+        with pytest.raises(UserError, match=r"lower --model\.block_size"):
+            prepare([str(tmp_path / "a.txt")], gpt2, tmp_path / "out2", block_size=64, progress=False)
+    finally:
+        set_flag_style("cli")
+    with pytest.raises(UserError, match="lower --block-size.*raise --val-fraction"):
+        PackedLoader(tmp_path / "out", "val", 16, 1)

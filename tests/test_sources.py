@@ -116,3 +116,64 @@ def test_code_folder_with_a_stray_table_and_a_broken_link(tmp_path, capsys):
                  "--out", str(tmp_path / "out")]) == 2
     err = capsys.readouterr().err
     assert "not a readable parquet file" in err and "Traceback" not in err
+
+
+# -- sample_by: how a text file splits into documents -------------------------------------------------
+def test_sample_by_line_paragraph_and_auto(tmp_path, capsys):
+    (tmp_path / "jokes.txt").write_text("first joke\r\n\n  \nsecond joke\nthird\n\n")
+    (tmp_path / "recipes.txt").write_text("\n\nsoup\nwater, salt\n\n\n  \ncake\n  flour\n")
+    docs = list(open_sources([str(tmp_path / "jokes.txt")], sample_by="line"))
+    assert [(d.key, d.text) for d in docs] == [("jokes.txt:0", "first joke"), ("jokes.txt:1", "second joke"),
+                                              ("jokes.txt:2", "third")]
+    docs = list(open_sources([str(tmp_path / "recipes.txt")], sample_by="paragraph"))
+    assert [(d.key, d.text) for d in docs] == [("recipes.txt:0", "soup\nwater, salt"),
+                                              ("recipes.txt:1", "cake\n  flour")]
+    assert texts(tmp_path / "recipes.txt", sample_by="file") == [(tmp_path / "recipes.txt").read_text()]
+    assert [d.key for d in open_sources([str(tmp_path / "recipes.txt")])] == ["recipes.txt"]  # the default
+    # auto: paragraphs only where a blank line separates text (blank lines at the ends do not count)
+    (tmp_path / "lines.txt").write_text("\n\na\nb\nc\n\n\n")
+    corpus = open_sources([str(tmp_path)], sample_by="auto")
+    assert [d.key for d in corpus] == ["jokes.txt:0", "jokes.txt:1", "lines.txt:0", "lines.txt:1", "lines.txt:2",
+                                       "recipes.txt:0", "recipes.txt:1"]
+    corpus.report()
+    assert capsys.readouterr().err.splitlines() == [
+        "jokes.txt: documents separated by blank lines (sample_by auto)",
+        "lines.txt: one document per line (sample_by auto)",
+        "recipes.txt: documents separated by blank lines (sample_by auto)",
+    ]
+
+
+def test_sample_by_leaves_tables_alone_and_changes_the_fingerprint(tmp_path, capsys):
+    (tmp_path / "d.jsonl").write_text(json.dumps({"text": "a\nb\n\nc"}) + "\n")
+    assert texts(tmp_path / "d.jsonl", sample_by="line") == ["a\nb\n\nc"]
+    for i in range(5):
+        (tmp_path / f"{i}.txt").write_text(f"x{i}\ny{i}\n")
+    corpus = open_sources([str(tmp_path)], sample_by="auto", include=["*.txt"])
+    assert len(list(corpus)) == 10
+    corpus.report()  # a few lines at most, however many files
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 4 and err[-1] == "... and 2 more file(s) (sample_by auto): 2 one document per line"
+    fps = {open_sources([str(tmp_path)], sample_by=s).fingerprint() for s in ("file", "line", "paragraph", "auto")}
+    assert len(fps) == 4
+    assert (open_sources([str(tmp_path / "d.jsonl")], sample_by="line").fingerprint()
+            == open_sources([str(tmp_path / "d.jsonl")]).fingerprint())
+    with pytest.raises(UserError, match="--sample-by must be one of file, line, paragraph, auto"):
+        open_sources([str(tmp_path)], sample_by="sentence")
+
+
+def test_errors_name_the_flag_of_the_running_command(tmp_path):
+    from gpt2kit.errors import flag, set_flag_style
+
+    (tmp_path / "d.csv").write_text("title,body\nx,y\n")
+    try:
+        assert flag("data.val_fraction") == "--val-fraction"
+        with pytest.raises(UserError, match="use --text-column"):
+            texts(tmp_path / "d.csv")
+        set_flag_style("config")
+        assert flag("data.val_fraction") == "--data.val_fraction" and flag("model.block_size") == "--model.block_size"
+        with pytest.raises(UserError, match=r"use --data\.text_column\)"):
+            texts(tmp_path / "d.csv")
+        with pytest.raises(ValueError):
+            set_flag_style("yaml")
+    finally:
+        set_flag_style("cli")

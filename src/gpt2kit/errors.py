@@ -22,3 +22,26 @@ def require_path(path: str | Path, what: str = "path") -> Path:
     if not p.exists():
         raise UserError(f"{what} not found: {path}; check the path and try again")
     return p
+
+
+# Commands spell the same setting differently: `prepare --val-fraction` vs `train --data.val_fraction`.
+# The running command sets the style once, so library messages name the flag the user can actually type.
+_FLAG_STYLES = ("cli", "config")
+_flag_style = "cli"
+
+
+def set_flag_style(style: str) -> None:
+    """How `flag` spells settings from now on: "cli" (`--val-fraction`, the default) or "config"
+    (`--data.val_fraction`, for commands configured by dotted fields such as train and finetune)."""
+    global _flag_style
+    if style not in _FLAG_STYLES:
+        raise ValueError(f"flag style must be one of {', '.join(_FLAG_STYLES)}, got {style!r}")
+    _flag_style = style
+
+
+def flag(key: str) -> str:
+    """The command-line flag of config key `key` (e.g. "data.val_fraction") in the current style:
+    `--data.val_fraction` in config style, `--val-fraction` in cli style."""
+    if _flag_style == "config":
+        return f"--{key}"
+    return "--" + key.rsplit(".", 1)[-1].replace("_", "-")

@@ -9,7 +9,8 @@ not scored yet, with at least `context - stride` tokens of context before them.
 - loss: token-weighted mean negative log-likelihood in nats (total nats / scored tokens);
 - perplexity: exp(loss);
 - bits per byte: total nats / ln 2 / UTF-8 bytes of the evaluated text. Unlike loss, it does not
-  depend on the tokenizer, so models with different vocabularies compare.
+  depend on the tokenizer, so models with different vocabularies compare. None when the bytes are unknown
+  (never a division by zero).
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from gpt2kit.model import GPT
 class EvalResult:
     loss: float  # nats per token
     perplexity: float
-    bits_per_byte: float
+    bits_per_byte: float | None  # None: bytes unknown
     tokens: int  # tokens scored
     bytes: int  # UTF-8 bytes of the evaluated text
     documents: int
@@ -127,7 +128,7 @@ def evaluate_token_documents(
     if acc.tokens == 0:
         raise UserError("no tokens to evaluate; the data is empty")
     loss = acc.nats / acc.tokens
-    bpb = acc.nats / math.log(2) / n_bytes if n_bytes else float("nan")
+    bpb = acc.nats / math.log(2) / n_bytes if n_bytes > 0 else None
     return EvalResult(loss, math.exp(min(loss, 700.0)), bpb, acc.tokens, n_bytes, n_docs)
 
 
@@ -172,7 +173,7 @@ def evaluate_prepared(
     documents are scored like `evaluate_texts` scores texts; bytes come from meta.json."""
     import numpy as np
 
-    from gpt2kit.prepare import check_vocab, load_split, read_meta
+    from gpt2kit.prepare import check_vocab, load_split, read_meta, split_bytes_per_token
 
     meta = read_meta(data_dir)
     check_vocab(meta["vocab_size"], model.config.vocab_size, data_dir)
@@ -194,10 +195,11 @@ def evaluate_prepared(
     res = evaluate_token_documents(model, docs(), context=context, stride=stride, batch_size=batch_size,
                                    progress=progress)
     info = meta["splits"][split]
-    # Bytes are only known for the whole split, and only when it was split by documents.
-    n_bytes = int(info.get("bytes") or 0)
-    if limit_docs is not None or info.get("from_train_tail") or not n_bytes:
-        res.bytes, res.bits_per_byte = 0, float("nan")
+    # Bytes are known for the whole split only (and not at all in directories prepared before tail splits
+    # counted them, where meta says 0).
+    if limit_docs is not None or split_bytes_per_token(info) is None:
+        res.bytes, res.bits_per_byte = 0, None
     else:
-        res.bytes, res.bits_per_byte = n_bytes, res.loss * res.tokens / math.log(2) / n_bytes
+        res.bytes = int(info["bytes"])
+        res.bits_per_byte = res.loss * res.tokens / math.log(2) / res.bytes
     return res

@@ -26,7 +26,7 @@ from collections.abc import Iterator, Sequence
 import numpy as np
 import torch
 
-from gpt2kit.errors import UserError
+from gpt2kit.errors import UserError, flag
 from gpt2kit.prepare import is_val, load_split, read_meta
 
 
@@ -96,8 +96,8 @@ class PackedLoader:
             raise UserError(
                 f"the {split} split of {data_dir} has {self.num_tokens} tokens, but block_size {block_size} "
                 f"needs at least {need} ({world_size} block(s) of {block_size} + 1); add data, lower "
-                "--model.block_size" + (", or use fewer ranks" if world_size > 1 else "")
-                + (", or raise --val-fraction when preparing" if split == "val" else "")
+                + flag("model.block_size") + (", or use fewer ranks" if world_size > 1 else "")
+                + (f", or raise {flag('data.val_fraction')} when preparing" if split == "val" else "")
             )
         self.stream = BlockStream(self.num_blocks, seed, shuffle)
         self.position = 0
@@ -226,7 +226,7 @@ class StreamingLoader:
                 yield d
         if n == 0:
             raise UserError(f"no {self.split} documents in {' '.join(s.spec for s in self.corpus.sources)}; "
-                            "check --data and --val-fraction")
+                            f"check --data and {flag('data.val_fraction')}")
 
     def _open(self, epoch: int, doc: int, offset: int) -> None:
         """Start reading at token `offset` of document `doc` of `epoch` (skipping the documents before it)."""

@@ -14,8 +14,12 @@ How, and why:
   in-process, where its own thread pool parallelises each batch.
 - The split is by document: a document goes to validation when the hash of its key (path, or path:row) falls
   below `val_fraction`. Stable across runs and machines, and adding files does not move the others.
-  If no document lands in validation (e.g. a corpus of one file), the last `val_fraction` of the training
-  tokens becomes the validation split instead (`meta["splits"]["val"]["from_train_tail"]`).
+- Small corpora: the hash may leave validation empty or smaller than one block. Then whole documents move from
+  the end of the training split until validation has `min_val_tokens` tokens and a document, while training
+  keeps `min_val_tokens` tokens, a document and at least half of its tokens (`["val"]["val_floor"]`). When whole
+  documents cannot do it (e.g. a corpus of one file), validation is the training split's last tokens instead
+  (`["val"]["from_train_tail"]`), cut anywhere. Either way every split records its real documents and UTF-8
+  bytes (a document cut in two counts in both), so bits per byte is computable.
 - Everything is written to a temporary sibling directory and renamed into place at the end, so `out` is
   either the old complete result or the new complete result, never half of one.
 - Re-running with the same sources (names, sizes, mtimes), tokenizer and options returns the existing result.
@@ -32,15 +36,15 @@ import shutil
 import sys
 import time
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
 from pathlib import Path
 
 import numpy as np
 
 from gpt2kit.atomic import replace_dir
-from gpt2kit.errors import UserError
-from gpt2kit.sources import Document, open_sources
+from gpt2kit.errors import UserError, flag
+from gpt2kit.sources import SOURCE_OPTIONS, Document, open_sources
 from gpt2kit.tokenizer import Tokenizer, warn
 
 FORMAT = "gpt2kit-tokens"
@@ -107,6 +111,13 @@ def load_split(data_dir: str | os.PathLike, split: str, meta: dict | None = None
         raise UserError(f"{data_dir} has no {split!r} split; it has {', '.join(meta['splits'])}")
     dtype = np.dtype(meta["dtype"]).newbyteorder("<")
     return [np.memmap(d / f, dtype=dtype, mode="r") for f in meta["splits"][split]["files"] if (d / f).stat().st_size]
+
+
+def split_bytes_per_token(split_info: dict) -> float | None:
+    """UTF-8 bytes per token of a split (`meta["splits"][name]`), or None when its bytes are unknown (0 in
+    directories prepared before the tail split counted them): bits per byte = loss / ln 2 / this."""
+    n_bytes, tokens = split_info.get("bytes") or 0, split_info.get("tokens") or 0
+    return n_bytes / tokens if n_bytes > 0 and tokens > 0 else None
 
 
 def check_vocab(data_vocab_size: int, model_vocab_size: int, where: str = "the data") -> None:
@@ -236,9 +247,17 @@ def _chunks(docs, chunk_chars: int):
         yield buf
 
 
-def _options_key(val_fraction: float, shard_tokens: int, source_options: dict) -> dict:
-    return {"val_fraction": val_fraction, "shard_tokens": shard_tokens,
-            **{k: (list(v) if isinstance(v, tuple) else v) for k, v in sorted(source_options.items()) if v is not None}}
+def _defaults_dropped(options: dict) -> dict:
+    """Options without the values that change nothing, so that passing a default keeps old results valid."""
+    return {k: v for k, v in options.items()
+            if v is not None and not (k == "sample_by" and v == "file")}
+
+
+def _options_key(val_fraction: float, shard_tokens: int, source_options: dict,
+                 min_val_tokens: int | None = None) -> dict:
+    extra = {"min_val_tokens": min_val_tokens} if min_val_tokens is not None else {}
+    return {"val_fraction": val_fraction, "shard_tokens": shard_tokens, **extra,
+            **{k: (list(v) if isinstance(v, tuple) else v) for k, v in sorted(_defaults_dropped(source_options).items())}}
 
 
 def prepare(
@@ -247,6 +266,7 @@ def prepare(
     out: str | os.PathLike,
     *,
     val_fraction: float = DEFAULT_VAL_FRACTION,
+    min_val_tokens: int | None = None,
     workers: int | None = None,
     block_size: int | None = None,
     shard_tokens: int = DEFAULT_SHARD_TOKENS,
@@ -256,21 +276,25 @@ def prepare(
 ) -> dict:
     """Tokenize `sources` into `out` (see the module docstring) and return its metadata.
 
-    `block_size`, when given, makes a too-small training split an error now rather than at training time.
-    Source options: text_column, include, exclude, streaming, split, limit."""
+    `min_val_tokens` (a trainer passes block_size + 1) is the validation split's floor when val_fraction > 0:
+    see "Small corpora" in the module docstring. `block_size`, when given, makes a too-small training split
+    an error now rather than at training time.
+    Source options: text_column, include, exclude, streaming, split, limit, sample_by."""
     from gpt2kit.tokenizer import load_tokenizer
 
     tokenizer = load_tokenizer(tokenizer)
     if isinstance(sources, (str, os.PathLike)):
         sources = [str(sources)]
     if not 0 <= val_fraction < 1:
-        raise UserError(f"--val-fraction must be in [0, 1), got {val_fraction}")
+        raise UserError(f"{flag('data.val_fraction')} must be in [0, 1), got {val_fraction}")
+    if min_val_tokens is not None and min_val_tokens < 1:
+        raise UserError(f"min_val_tokens must be positive, got {min_val_tokens}")
     if shard_tokens < 1:
         raise UserError(f"shard_tokens must be positive, got {shard_tokens}")
     workers = max(1, workers or os.cpu_count() or 1)
     corpus = open_sources(sources, **source_options)
     fingerprint = corpus.fingerprint()
-    options = _options_key(val_fraction, shard_tokens, source_options)
+    options = _options_key(val_fraction, shard_tokens, source_options, min_val_tokens)
     out = Path(out).expanduser()
 
     if (out / "meta.json").is_file() and not force:
@@ -292,13 +316,13 @@ def prepare(
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
     try:
-        meta = _write(corpus, tokenizer, tmp, val_fraction, workers, shard_tokens, progress)
+        meta = _write(corpus, tokenizer, tmp, val_fraction, workers, shard_tokens, progress, min_val_tokens)
         meta.update(source_fingerprint=fingerprint, sources=[str(s) for s in sources], options=options)
         if meta["splits"]["train"]["documents"] == 0 and meta["splits"]["val"]["documents"] == 0:
             skipped = corpus.stats.binary_skipped + corpus.stats.empty_skipped
             raise UserError(f"no documents found in {' '.join(map(str, sources))}"
                             + (f" ({skipped} binary or empty files skipped)" if skipped else "")
-                            + "; check the path, --include or --text-column")
+                            + f"; check the path, {flag('data.include')} or {flag('data.text_column')}")
         _check_size(meta, block_size, out)
         tokenizer.save(tmp)
         (tmp / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
@@ -312,7 +336,7 @@ def prepare(
 
 
 def _write(corpus, tokenizer: Tokenizer, tmp: Path, val_fraction: float, workers: int, shard_tokens: int,
-           progress: bool) -> dict:
+           progress: bool, min_val_tokens: int | None = None) -> dict:
     from tqdm.auto import tqdm
 
     dtype = token_dtype(tokenizer.vocab_size)
@@ -359,8 +383,8 @@ def _write(corpus, tokenizer: Tokenizer, tmp: Path, val_fraction: float, workers
     splits = {s: w.close() for s, w in writers.items()}
     if splits["train"]["documents"] == 0 and splits["val"]["documents"] > 0:
         _train_on_val(tmp, splits)  # e.g. one small file that hashed into validation
-    if val_fraction > 0 and splits["val"]["documents"] == 0 and splits["train"]["tokens"] > 1:
-        _val_from_tail(tmp, splits, dtype, val_fraction)
+    if val_fraction > 0:
+        _val_floor(tmp, splits, dtype, shard_tokens, tokenizer, val_fraction, min_val_tokens)
     return {
         "format": FORMAT,
         "version": VERSION,
@@ -392,21 +416,159 @@ def _train_on_val(tmp: Path, splits: dict) -> None:
     splits["val"] = {"files": [empty], "tokens": 0, "documents": 0, "bytes": 0}
 
 
-def _val_from_tail(tmp: Path, splits: dict, dtype: str, val_fraction: float) -> None:
-    """No document hashed into validation: move the last val_fraction of the training tokens there."""
+def _val_floor(tmp: Path, splits: dict, dtype: str, shard_tokens: int, tokenizer: Tokenizer, val_fraction: float,
+               min_val_tokens: int | None) -> None:
+    """Give validation at least `min_val_tokens` tokens and a document when the hash split did not, taking them
+    from the end of the training split: whole documents when possible, else a tail of tokens."""
     train, val = splits["train"], splits["val"]
-    last = tmp / train["files"][-1]
-    itemsize = np.dtype(dtype).itemsize
-    in_last = last.stat().st_size // itemsize
-    n = min(max(1, round(val_fraction * train["tokens"])), in_last - 1 if len(train["files"]) == 1 else in_last)
-    if n < 1:
+    floor = min_val_tokens or 1
+    if val["documents"] > 0 and val["tokens"] >= floor:
         return
-    tail = np.fromfile(last, dtype=np.dtype(dtype).newbyteorder("<"), offset=(in_last - n) * itemsize)
-    tail.tofile(tmp / val["files"][0])
-    os.truncate(last, (in_last - n) * itemsize)
-    train["tokens"] -= n
-    val["tokens"] = n
+    total = train["tokens"]
+    eos = tokenizer.eos_id
+    # Training keeps a block's worth and at least half of its tokens: validation must not starve it.
+    budget = min(total - floor, total // 2)
+    if train["documents"] >= 2 and budget > 0:  # training keeps at least one whole document
+        moved_docs = 0
+        for e in _eos_backward(tmp, train, dtype, eos, stop=total - budget - 1):
+            cut = e + 1  # documents after this EOS would move
+            if cut == total:
+                continue  # the stream's final EOS ends the last document
+            moved_docs += 1
+            if moved_docs >= train["documents"] or total - cut > budget:
+                break
+            if val["tokens"] + total - cut >= floor:
+                _move_tail(tmp, splits, dtype, shard_tokens, tokenizer, cut)
+                val["val_floor"] = True
+                return
+    if total < 2:
+        return
+    want = max(round(val_fraction * total), floor - val["tokens"], 1)
+    n = min(want, total - floor)
+    if n < 1:  # too small for a block in both splits: keep the old proportion; the loader reports the rest
+        n = min(max(1, round(val_fraction * total)), total - 1)
+    _move_tail(tmp, splits, dtype, shard_tokens, tokenizer, total - n)
     val["from_train_tail"] = True
+
+
+def _shard_spans(tmp: Path, info: dict, dtype: str) -> list[tuple[Path, int, int]]:
+    """(path, first token, token count) of each shard of a split, in stream order."""
+    itemsize = np.dtype(dtype).itemsize
+    spans, start = [], 0
+    for name in info["files"]:
+        n = (tmp / name).stat().st_size // itemsize
+        spans.append((tmp / name, start, n))
+        start += n
+    return spans
+
+
+def _eos_backward(tmp: Path, info: dict, dtype: str, eos: int, stop: int) -> Iterator[int]:
+    """Stream positions of EOS in a split, last first, down to position `stop` (read in chunks from the end)."""
+    chunk = 1 << 20
+    for path, first, n in reversed(_shard_spans(tmp, info, dtype)):
+        if n == 0:
+            continue
+        mm = np.memmap(path, dtype=np.dtype(dtype).newbyteorder("<"), mode="r")
+        end = n
+        while end > 0 and first + end > stop:
+            begin = max(0, end - chunk)
+            for i in np.flatnonzero(mm[begin:end] == eos)[::-1].tolist():
+                yield first + begin + i
+            end = begin
+        del mm
+        if first <= stop:
+            return
+
+
+def _byte_counter(tokenizer: Tokenizer) -> Callable[[np.ndarray], int]:
+    """UTF-8 bytes of the text of some ids, EOS excluded. Exact for byte-level BPEs even when the ids start or end
+    inside a character (a table of bytes per id); other tokenizers decode the pieces between EOS."""
+    from gpt2kit.tokenizer import _bytes_decoder
+
+    byte_of = _bytes_decoder()
+    special = set(tokenizer.special_tokens.values())
+    added = {i: t.content for i, t in tokenizer._tk.get_added_tokens_decoder().items()}
+    table = np.zeros(tokenizer.vocab_size, dtype=np.int64)
+    decoder = json.loads(tokenizer._tk.to_str()).get("decoder") or {}
+    byte_level = decoder.get("type") == "ByteLevel"
+    for i in range(tokenizer.vocab_size) if byte_level else ():
+        if i in special:
+            continue
+        token = added.get(i) or tokenizer._tk.id_to_token(i)
+        if token is None:
+            continue
+        if i in added:
+            table[i] = len(token.encode("utf-8"))
+        elif all(c in byte_of for c in token):
+            table[i] = len(token)  # one character per byte
+        else:
+            byte_level = False
+            break
+    if byte_level:
+        return lambda ids: int(table[np.asarray(ids, dtype=np.int64)].sum())
+    eos = tokenizer.eos_id
+
+    def by_decoding(ids: np.ndarray) -> int:
+        ids = np.asarray(ids, dtype=np.int64)
+        bounds = [-1, *np.flatnonzero(ids == eos).tolist(), len(ids)]
+        return sum(len(tokenizer.decode(ids[a + 1 : b]).encode("utf-8", "surrogatepass"))
+                   for a, b in zip(bounds, bounds[1:]) if b > a + 1)
+
+    return by_decoding
+
+
+def _move_tail(tmp: Path, splits: dict, dtype: str, shard_tokens: int, tokenizer: Tokenizer, cut: int) -> None:
+    """Append the training tokens from stream position `cut` on to validation; move their documents and bytes."""
+    train, val = splits["train"], splits["val"]
+    np_dtype = np.dtype(dtype).newbyteorder("<")
+    count_bytes = _byte_counter(tokenizer)
+    spans = _shard_spans(tmp, train, dtype)
+    moved = moved_bytes = moved_eos = 0
+    before = next(((path, cut - 1 - first) for path, first, n in spans if first <= cut - 1 < first + n), None)
+    mid_document = before is not None and int(np.memmap(before[0], dtype=np_dtype, mode="r")[before[1]]) != \
+        tokenizer.eos_id  # the cut splits a document: it has tokens on both sides
+    # validation's shards continue where they end, up to shard_tokens each
+    out_name = val["files"][-1]
+    out_room = shard_tokens - (tmp / out_name).stat().st_size // np_dtype.itemsize
+    f = open(tmp / out_name, "ab")
+    try:
+        for path, first, n in spans:
+            if first + n <= cut or n == 0:
+                continue
+            mm = np.memmap(path, dtype=np_dtype, mode="r")
+            for a in range(max(0, cut - first), n, 1 << 22):
+                part = np.array(mm[a : min(n, a + (1 << 22))])
+                moved_bytes += count_bytes(part)
+                moved_eos += int((part == tokenizer.eos_id).sum())
+                moved += len(part)
+                while len(part):
+                    if out_room == 0:
+                        f.close()
+                        out_name = f"val-{len(val['files']):05d}.bin"
+                        val["files"].append(out_name)
+                        f, out_room = open(tmp / out_name, "wb"), shard_tokens
+                    piece, part = part[:out_room], part[out_room:]
+                    f.write(piece.tobytes())
+                    out_room -= len(piece)
+            del mm
+    finally:
+        f.close()
+    keep = []
+    for path, first, n in spans:  # cut the training shards at `cut`; shards wholly after it go
+        if first >= cut and keep:
+            path.unlink()
+        else:
+            if first + n > cut:
+                os.truncate(path, max(0, cut - first) * np_dtype.itemsize)
+            keep.append(path.name)
+    train["files"] = keep
+    train["tokens"] -= moved
+    val["tokens"] += moved
+    train["bytes"] = max(0, train["bytes"] - moved_bytes)
+    val["bytes"] += moved_bytes
+    # every moved EOS ends a document that now has tokens in validation; one cut in two stays in training too
+    train["documents"] -= moved_eos - (1 if mid_document else 0)
+    val["documents"] += moved_eos
 
 
 def _check_size(meta: dict, block_size: int | None, out: Path) -> None:
@@ -414,7 +576,7 @@ def _check_size(meta: dict, block_size: int | None, out: Path) -> None:
     have = meta["splits"]["train"]["tokens"]
     if have < need:
         raise UserError(f"the training split of {out} has {have} tokens but a block of {block_size or 1} needs "
-                        f"{need}; add data or lower the block size")
+                        f"{need}; add data or lower {flag('model.block_size')}")
 
 
 def _summary(meta: dict) -> str:
@@ -431,7 +593,10 @@ def ensure_prepared(
 ) -> Path:
     """A prepared directory for `data`: `data` itself when it is one (its tokenizer must match), else a cached
     preparation under `cache_dir/<fingerprint>` (default $GPT2KIT_CACHE or ~/.cache/gpt2kit/data), reused
-    while sources, tokenizer and options are unchanged."""
+    while sources, tokenizer and options are unchanged. Options: those of `prepare` (val_fraction, min_val_tokens,
+    workers, block_size, progress, ...) and the source options (text_column, include, sample_by, ...).
+    A prepared directory given as `data` is used as it is, whatever its validation split (the loader reports a
+    split too small for a block)."""
     from gpt2kit.tokenizer import load_tokenizer
 
     tokenizer = load_tokenizer(tokenizer)
@@ -445,17 +610,19 @@ def ensure_prepared(
             raise UserError(
                 f"{d} was prepared with a different tokenizer (vocab {meta['vocab_size']}, sha256 "
                 f"{meta['tokenizer_sha256'][:12]}, saved as {d / 'tokenizer.json'}) than the one given (vocab "
-                f"{tokenizer.vocab_size}, sha256 {tokenizer.sha256[:12]}); pass --tokenizer {d} or re-run prepare"
+                f"{tokenizer.vocab_size}, sha256 {tokenizer.sha256[:12]}); pass {flag('data.tokenizer')} {d} or "
+                "re-run prepare"
             )
         if options.get("block_size"):
             _check_size(meta, options["block_size"], d)
         return d
-    source_options = {k: v for k, v in options.items()
-                      if k in ("text_column", "include", "exclude", "streaming", "split", "limit") and v is not None}
+    source_options = {k: v for k, v in options.items() if k in SOURCE_OPTIONS and v is not None}
     corpus = open_sources(data, **source_options)
+    # min_val_tokens is in the key: another block size may hold out validation differently
+    key_options = {k: v for k, v in sorted(options.items()) if k not in ("workers", "progress", "block_size")
+                   and not (k == "min_val_tokens" and v is None) and not (k == "sample_by" and v == "file")}
     key = hashlib.sha256(json.dumps({
-        "sources": corpus.fingerprint(), "tokenizer": tokenizer.sha256,
-        "options": {k: v for k, v in sorted(options.items()) if k not in ("workers", "progress", "block_size")},
+        "sources": corpus.fingerprint(), "tokenizer": tokenizer.sha256, "options": key_options,
     }, sort_keys=True, default=str).encode()).hexdigest()[:20]
     out = Path(cache_dir).expanduser() if cache_dir else default_cache_dir()
     out = out / key

@@ -1,8 +1,10 @@
 """Every corpus through one interface: `open_sources(["SRC", ...], **options)` yields `Document`s.
 
 A source is one of:
-- a text file (one document per file) or a table file: `.jsonl`, `.json`, `.csv`, `.parquet` (one
-  document per row, from `text_column`);
+- a text file or a table file: `.jsonl`, `.json`, `.csv`, `.parquet` (one document per row, from
+  `text_column`). A text file is one document, or, with `sample_by` (like `datasets`' text loader), one
+  document per non-empty line (`line`), per blank-line separated paragraph (`paragraph`), or whichever of
+  the two the file looks like (`auto`: paragraphs if a blank line separates text, else lines);
 - a directory, walked recursively in sorted order (hidden entries skipped), filtered by `include` /
   `exclude` globs (e.g. `*.py`); `.jsonl`/`.csv`/`.parquet` files inside it are read as tables, `.json`
   files as text (in code trees they are configuration files, not datasets);
@@ -11,8 +13,8 @@ A source is one of:
 - a Hugging Face dataset: a `save_to_disk` directory, or a hub name (`hf:NAME[:CONFIG]`, or `NAME`),
   optionally `streaming`.
 
-Each document carries a stable `key` (its path relative to the source root, plus the row for tables)
-so the train/validation split can hash it: the split does not change when the corpus moves or grows.
+Each document carries a stable `key` (its path relative to the source root, plus the row for tables or
+the index of the line/paragraph, `jokes.txt:17`) so the train/validation split can hash it: the split does not change when the corpus moves or grows.
 Binary files are skipped and undecodable bytes replaced; both are counted and reported once.
 """
 
@@ -23,16 +25,20 @@ import fnmatch
 import hashlib
 import json
 import os
+import re
 import sys
 import sysconfig
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from gpt2kit.errors import UserError
+from gpt2kit.errors import UserError, flag
 
+SAMPLE_BY = ("file", "line", "paragraph", "auto")
 TABLE_SUFFIXES = (".jsonl", ".json", ".csv", ".parquet", ".ndjson")
 _BINARY_PROBE = 8192
+_LINE_BREAK = re.compile(r"\r\n|\r|\n")
+_SPLIT_NAMES = {"line": "one document per line", "paragraph": "documents separated by blank lines"}
 
 
 @dataclass(frozen=True)
@@ -51,6 +57,7 @@ class SourceStats:
     empty_skipped: int = 0
     tables_skipped: list[str] = field(default_factory=list)  # tables in a directory without the text column
     examples: list[str] = field(default_factory=list)
+    auto_chosen: dict[str, str] = field(default_factory=dict)  # file key -> "line" / "paragraph" (sample_by auto)
 
     def as_dict(self) -> dict:
         return {
@@ -94,6 +101,45 @@ def _walk(root: Path, include: Sequence[str], exclude: Sequence[str], skip_dirs:
     return out
 
 
+def split_documents(text: str, sample_by: str) -> tuple[list[str], str]:
+    """The documents of a text file's `text` and the way it was split ("file", "line" or "paragraph").
+
+    Lines are split at \\n, \\r\\n or \\r only (not str.splitlines' form feeds and Unicode separators, which
+    are text); whitespace-only lines are blank. A paragraph is a run of non-blank lines joined by \\n."""
+    if sample_by == "file":
+        return ([text] if text else []), "file"
+    lines = _LINE_BREAK.split(text)
+    blank = [not line.strip() for line in lines]
+    if sample_by == "auto":
+        seen_text = gap = False
+        sample_by = "line"
+        for b in blank:  # a blank line with text before and after it: paragraphs
+            if not b and gap:
+                sample_by = "paragraph"
+                break
+            seen_text = seen_text or not b
+            gap = gap or (b and seen_text)
+    if sample_by == "line":
+        return [line for line, b in zip(lines, blank) if not b], "line"
+    docs, run = [], []
+    for line, b in zip(lines, blank):
+        if b:
+            if run:
+                docs.append("\n".join(run))
+            run = []
+        else:
+            run.append(line)
+    if run:
+        docs.append("\n".join(run))
+    return docs, "paragraph"
+
+
+def check_sample_by(sample_by: str) -> str:
+    if sample_by not in SAMPLE_BY:
+        raise UserError(f"{flag('data.sample_by')} must be one of {', '.join(SAMPLE_BY)}, got {sample_by!r}")
+    return sample_by
+
+
 def _decode(data: bytes, key: str, stats: SourceStats) -> str | None:
     """UTF-8 text of a file, or None for binary files (both outcomes counted)."""
     if b"\x00" in data[:_BINARY_PROBE]:
@@ -113,9 +159,10 @@ class Source:
     """One source string, resolved. Iterating yields documents; `fingerprint` changes when content may have."""
 
     def __init__(self, spec: str, *, text_column: str = "text", include: Sequence[str] = (), exclude: Sequence[str] = (),
-                 streaming: bool = False, split: str = "train", stats: SourceStats | None = None):
+                 streaming: bool = False, split: str = "train", sample_by: str = "file", stats: SourceStats | None = None):
         self.spec = spec
         self.text_column = text_column
+        self.sample_by = check_sample_by(sample_by)
         self.include = tuple(include or ())
         self.exclude = tuple(exclude or ())
         self.streaming = streaming
@@ -155,8 +202,11 @@ class Source:
     def fingerprint(self) -> str:
         """Hash of what identifies the content: file names, sizes and mtimes; dataset fingerprints."""
         h = hashlib.sha256()
-        h.update(json.dumps([self.kind, self.spec if self.kind in ("hub",) else "", self.text_column,
-                             self.include, self.exclude, self.hf_split]).encode())
+        identity = [self.kind, self.spec if self.kind in ("hub",) else "", self.text_column, self.include, self.exclude,
+                    self.hf_split]
+        if self.sample_by != "file" and self.kind in ("stdlib", "dir", "file"):  # "file": fingerprints as before
+            identity.append(self.sample_by)
+        h.update(json.dumps(identity).encode())
         if self.kind in ("stdlib", "dir", "file", "table"):
             for f in self.files():
                 st = f.stat()
@@ -198,10 +248,17 @@ class Source:
         text = _decode(data, key, self.stats)
         if text is None:
             return
-        if not text:
+        docs, how = split_documents(text, self.sample_by)
+        if not docs:
             self.stats.empty_skipped += 1
             return
-        yield Document(text, key)
+        if how == "file":
+            yield Document(text, key)
+            return
+        if self.sample_by == "auto":
+            self.stats.auto_chosen[key] = how
+        for i, doc in enumerate(docs):
+            yield Document(doc, f"{key}:{i}")
 
     def _rows(self, path: Path) -> Iterator[dict]:
         """Rows of a table file as dicts (only `text_column` is needed, so parquet reads just that)."""
@@ -297,7 +354,8 @@ class MissingColumn(UserError):
 
 
 def _unknown_column(column: str, names: Sequence[str], where) -> str:
-    return f"no column {column!r} in {where}; columns found: {', '.join(map(str, names)) or 'none'} (use --text-column)"
+    return (f"no column {column!r} in {where}; columns found: {', '.join(map(str, names)) or 'none'} "
+            f"(use {flag('data.text_column')})")
 
 
 class Corpus:
@@ -337,16 +395,28 @@ class Corpus:
             print(f"warning: skipped {s.binary_skipped} binary file(s)", file=sys.stderr)
         if s.tables_skipped:
             print(f"warning: skipped {len(s.tables_skipped)} table file(s) without a {self.options.get('text_column', 'text')!r} "
-                  f"column (e.g. {', '.join(s.tables_skipped[:3])}); use --text-column, or --exclude them",
+                  f"column (e.g. {', '.join(s.tables_skipped[:3])}); use {flag('data.text_column')}, or exclude them",
                   file=sys.stderr)
+        if s.auto_chosen:  # what `auto` decided, so a surprising split is visible; a few lines at most
+            chosen = list(s.auto_chosen.items())
+            for key, how in chosen[:3]:
+                print(f"{key}: {_SPLIT_NAMES[how]} (sample_by auto)", file=sys.stderr)
+            if len(chosen) > 3:
+                rest = [how for _, how in chosen[3:]]
+                counts = ", ".join(f"{rest.count(h)} {_SPLIT_NAMES[h]}" for h in ("line", "paragraph") if h in rest)
+                print(f"... and {len(rest)} more file(s) (sample_by auto): {counts}", file=sys.stderr)
+
+
+SOURCE_OPTIONS = ("text_column", "include", "exclude", "streaming", "split", "limit", "sample_by")
 
 
 def open_sources(sources: Sequence[str] | str, **options) -> Corpus:
-    """All `sources` as one corpus. Options: text_column, include, exclude, streaming, split, limit."""
+    """All `sources` as one corpus. Options: text_column, include, exclude, streaming, split, limit, sample_by
+    (how text files split into documents: file, line, paragraph or auto)."""
     if isinstance(sources, (str, os.PathLike)):
         sources = [str(sources)]
     options = {k: v for k, v in options.items() if v is not None}
-    allowed = {"text_column", "include", "exclude", "streaming", "split", "limit"}
+    allowed = set(SOURCE_OPTIONS)
     unknown = set(options) - allowed
     if unknown:
         raise TypeError(f"unknown source options: {', '.join(sorted(unknown))}")
@@ -370,6 +440,10 @@ def add_source_args(parser, required: bool = True) -> None:
     parser.add_argument("--split", default="train", help="which split of a Hugging Face dataset to read")
     parser.add_argument("--streaming", action="store_true", help="stream a Hugging Face dataset instead of downloading it")
     parser.add_argument("--limit", type=int, metavar="N", help="read at most N documents")
+    parser.add_argument("--sample-by", choices=SAMPLE_BY, default="file",
+                        help="documents of a text file: the whole file (default), each non-empty line, each "
+                             "blank-line separated paragraph, or auto (paragraphs if blank lines separate text, "
+                             "else lines); tables are always one document per row")
 
 
 def source_options(args) -> dict:
@@ -381,6 +455,7 @@ def source_options(args) -> dict:
         "split": args.split,
         "streaming": args.streaming,
         "limit": args.limit,
+        "sample_by": getattr(args, "sample_by", None),
     }
 
 

@@ -30,6 +30,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     d.add_argument("--limit-docs", type=int, help="evaluate only the first N documents")
     d.add_argument("--text-column", help="column holding the text in tables / datasets (default text)")
     d.add_argument("--include", action="append", help="glob of files to read in directories (e.g. '*.py')")
+    d.add_argument("--sample-by", choices=("file", "line", "paragraph", "auto"), default="file",
+                   help="documents of a text file: whole file (default), line, paragraph or auto")
     d.add_argument("--split", help="split of a prepared directory (default val) or a Hugging Face dataset")
     h = p.add_argument_group("HumanEval (--humaneval)")
     h.add_argument("--humaneval", action="store_true", help="run HumanEval")
@@ -109,7 +111,8 @@ def run_perplexity(args: argparse.Namespace, model, tok) -> dict:
         res = evaluate_prepared(model, args.data[0], split, context=context, stride=stride,
                                 batch_size=args.batch_size, limit_docs=args.limit_docs, progress=True)
         return {**res.to_dict(), "context": context, "stride": stride, "split": split}
-    corpus = open_sources(args.data, text_column=args.text_column, include=args.include, split=args.split)
+    corpus = open_sources(args.data, text_column=args.text_column, include=args.include, split=args.split,
+                          sample_by=args.sample_by)
     texts = (doc.text for doc in corpus)
     if args.limit_docs:
         texts = islice(texts, args.limit_docs)
@@ -147,7 +150,8 @@ def print_table(results: dict) -> None:
     if "data" in results:
         d = results["data"]
         rows += [("loss (nats/token)", f"{d['loss']:.4f}"), ("perplexity", f"{d['perplexity']:.3f}"),
-                 ("bits per byte", f"{d['bits_per_byte']:.4f}" if d["bytes"] else "n/a (bytes unknown)"), ("tokens", str(d["tokens"])),
+                 ("bits per byte", "n/a (bytes unknown)" if d["bits_per_byte"] is None else f"{d['bits_per_byte']:.4f}"),
+                 ("tokens", str(d["tokens"])),
                  ("bytes", str(d["bytes"])), ("documents", str(d["documents"])),
                  ("context / stride", f"{d['context']} / {d['stride']}")]
     if "humaneval" in results:
