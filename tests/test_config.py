@@ -19,7 +19,7 @@ def test_yaml_then_overrides_command_line_wins(tmp_path):
                                                        "--data.include", "*.py,*.txt"]))
     assert cfg.optim.lr == 1e-3 and cfg.optim.schedule == "linear"
     assert cfg.model.n_layer == 6 and cfg.data.include == ["*.py", "*.txt"]
-    assert cfg.train.max_steps == 1000  # default kept
+    assert cfg.train.max_steps is None and cfg.train.epochs is None  # defaults kept (1000 steps)
 
 
 @pytest.mark.parametrize(

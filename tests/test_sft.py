@@ -8,10 +8,8 @@ import pytest
 import torch
 
 from gpt2kit.errors import UserError
+from gpt2kit.loader import IGNORE_INDEX, ExampleLoader, collate_examples
 from gpt2kit.sft import (
-    IGNORE_INDEX,
-    SupervisedLoader,
-    collate_sft,
     encode_classification,
     encode_prompt_completion,
     read_classification,
@@ -33,7 +31,7 @@ def test_loss_only_on_completion_and_eos(gpt2):
     assert x == seq[:-1]
     assert y == [IGNORE_INDEX] * (len(p) - 1) + c + [gpt2.eos_id]
     # pad = EOS (GPT-2 has no pad): the EOS label survives collation, padding does not get labels
-    X, Y = collate_sft([(x, y), ([1, 2], [IGNORE_INDEX, 3])], pad_id=gpt2.eos_id)
+    X, Y = collate_examples(gpt2.eos_id, [(x, y), ([1, 2], [IGNORE_INDEX, 3])])
     assert Y[0, len(y) - 1].item() == gpt2.eos_id and X.shape == Y.shape == (2, len(x))
     assert (Y[1, 2:] == IGNORE_INDEX).all() and (X[1, 2:] == gpt2.eos_id).all()
 
@@ -70,15 +68,15 @@ def test_supervised_loader_resume_and_epoch(tmp_path, gpt2):
     rows = [{"prompt": f"question {i}", "completion": f" answer {i}"} for i in range(11)]
     (tmp_path / "d.jsonl").write_text("\n".join(json.dumps(r) for r in rows))
     ex = sft_examples(str(tmp_path / "d.jsonl"), gpt2, 32)
-    a = SupervisedLoader(ex, 3, pad_id=gpt2.eos_id, seed=2)
+    a = ExampleLoader(ex, 3, pad_id=gpt2.eos_id, seed=2)
     first = [a.next_batch() for _ in range(8)]
-    b = SupervisedLoader(ex, 3, pad_id=gpt2.eos_id, seed=2)
+    b = ExampleLoader(ex, 3, pad_id=gpt2.eos_id, seed=2)
     [b.next_batch() for _ in range(5)]
-    c = SupervisedLoader(ex, 3, pad_id=gpt2.eos_id, seed=2)
+    c = ExampleLoader(ex, 3, pad_id=gpt2.eos_id, seed=2)
     c.load_state_dict(b.state_dict())
     for want in first[5:]:
         got = c.next_batch()
         assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
-    seen = [tuple(x[x != gpt2.eos_id].tolist()) for x, _ in SupervisedLoader(ex, 4, pad_id=gpt2.eos_id).iter_epoch()
+    seen = [tuple(x[x != gpt2.eos_id].tolist()) for x, _ in ExampleLoader(ex, 4, pad_id=gpt2.eos_id).iter_epoch()
             for x in x]
     assert len(seen) == 11 and len(set(seen)) == 11

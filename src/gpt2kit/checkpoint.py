@@ -47,10 +47,12 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def save_model_files(model: GPT, directory: Path, state_dict: dict | None = None) -> None:
+def save_model_files(model: GPT, directory: Path, state_dict: dict | None = None, finetune: dict | None = None
+                     ) -> None:
     """model.safetensors (HF names, tied lm_head stored once) + config.json.
 
-    state_dict: the full weights when they are not simply `model.state_dict()` (FSDP gathers them)."""
+    state_dict: the full weights when they are not simply `model.state_dict()` (FSDP gathers them), or
+    only the trained tensors of a partial fine-tune, described by `finetune` (see gpt2kit.finetune)."""
     from safetensors.torch import save_file
 
     sd = {k: v.detach().contiguous() for k, v in (state_dict or model.state_dict()).items()}
@@ -58,7 +60,41 @@ def save_model_files(model: GPT, directory: Path, state_dict: dict | None = None
         sd.pop("lm_head.weight", None)
     save_file(sd, directory / "model.safetensors", metadata={"format": "pt", "producer": "gpt2kit"})
     meta = {"architecture": ARCHITECTURE, "gpt2kit_version": __version__, **model.config.to_dict()}
+    if finetune is not None:
+        meta["finetune"] = finetune
     (directory / "config.json").write_text(json.dumps(meta, indent=2) + "\n")
+
+
+def _seal(tmp: Path, final: Path, marker: str) -> None:
+    """MANIFEST.json (sha256 of every file), fsync everything, COMPLETE last, then rename into place."""
+    files = sorted(p for p in tmp.rglob("*") if p.is_file())
+    manifest = {str(p.relative_to(tmp)): _sha256(p) for p in files}
+    (tmp / "MANIFEST.json").write_text(json.dumps(manifest, indent=1) + "\n")
+    for p in files:
+        with open(p, "rb") as f:
+            os.fsync(f.fileno())
+    with open(tmp / "COMPLETE", "w") as f:
+        f.write(marker + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+    for d in (p for p in tmp.rglob("*") if p.is_dir()):
+        _fsync_dir(d)
+    _fsync_dir(tmp)
+    replace_dir(tmp, final)  # re-saving (e.g. a step after a resume) swaps, never deletes first
+    _fsync_dir(final.parent)
+
+
+def save_base(run_dir: Path, model: GPT, state_dict: dict) -> Path:
+    """RUN/base/: the weights a partial fine-tune starts from, written once, atomically, with a MANIFEST."""
+    final = run_dir / "base"
+    tmp = make_temp_dir(run_dir, ".tmp-base-")
+    try:
+        save_model_files(model, tmp, state_dict)
+        _seal(tmp, final, "base")
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return final
 
 
 def save_checkpoint(
@@ -70,6 +106,7 @@ def save_checkpoint(
     tokenizer=None,
     extra_files: dict[str, str] | None = None,
     state_dict: dict | None = None,
+    finetune: dict | None = None,
 ) -> Path:
     """Write checkpoint `step` atomically under `ckpt_root`; returns its directory.
 
@@ -80,7 +117,7 @@ def save_checkpoint(
     final = ckpt_root / f"step-{step:08d}"
     tmp = make_temp_dir(ckpt_root, f".tmp-step-{step:08d}-")
     try:
-        save_model_files(model, tmp, state_dict)
+        save_model_files(model, tmp, state_dict, finetune)
         (tmp / "state.json").write_text(json.dumps(state, indent=1) + "\n")
         if optimizer_state is not None:
             torch.save(optimizer_state, tmp / "optimizer.pt")
@@ -88,21 +125,7 @@ def save_checkpoint(
             tokenizer.save(tmp / "tokenizer")
         for name, text in (extra_files or {}).items():
             (tmp / name).write_text(text)
-        files = sorted(p for p in tmp.rglob("*") if p.is_file())
-        manifest = {str(p.relative_to(tmp)): _sha256(p) for p in files}
-        (tmp / "MANIFEST.json").write_text(json.dumps(manifest, indent=1) + "\n")
-        for p in files:
-            with open(p, "rb") as f:
-                os.fsync(f.fileno())
-        with open(tmp / "COMPLETE", "w") as f:
-            f.write(f"step {step}\n")
-            f.flush()
-            os.fsync(f.fileno())
-        for d in (p for p in tmp.rglob("*") if p.is_dir()):
-            _fsync_dir(d)
-        _fsync_dir(tmp)
-        replace_dir(tmp, final)  # re-saving a step (e.g. after a resume) swaps, never deletes first
-        _fsync_dir(ckpt_root)
+        _seal(tmp, final, f"step {step}")
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -179,8 +202,11 @@ def is_gpt2kit_model_dir(directory: Path) -> bool:
         return False
 
 
-def load_gpt2kit_dir(directory: Path) -> GPT:
-    """A model from a gpt2kit checkpoint (or any directory with our config.json + model.safetensors)."""
+def load_gpt2kit_dir(directory: Path, merge: bool = True) -> GPT:
+    """A model from a gpt2kit checkpoint (or any directory with our config.json + model.safetensors).
+
+    A partial fine-tune (freeze/LoRA) is rebuilt from its run's base weights; `merge=False` keeps LoRA
+    adapters as separate trainable layers (to resume training) instead of folding them in."""
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
@@ -191,11 +217,16 @@ def load_gpt2kit_dir(directory: Path) -> GPT:
     meta = json.loads((directory / "config.json").read_text())
     meta.pop("architecture", None)
     meta.pop("gpt2kit_version", None)
+    finetune = meta.pop("finetune", None)
     config = GPTConfig.from_dict(meta)
     try:
         sd = load_file(directory / "model.safetensors")
     except (OSError, SafetensorError) as e:
         raise UserError(f"cannot read {directory / 'model.safetensors'} ({e}); the checkpoint is damaged") from None
+    if finetune is not None:
+        from gpt2kit.finetune import load_partial
+
+        return load_partial(directory, finetune, sd, merge=merge).eval()
     return load_state(empty_model(config), sd, str(directory)).eval()
 
 

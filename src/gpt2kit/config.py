@@ -64,6 +64,19 @@ class DataArgs:
     val_fraction: float = _f(0.01, "share of documents held out for validation", min=0.0, max=0.9)
     workers: int | None = _f(None, "tokenizer worker processes; null = all cores")
     cache_dir: str | None = _f(None, "where sources are prepared; null = $GPT2KIT_CACHE or ~/.cache/gpt2kit")
+    sample_by: str = _f("file", "documents of a plain text file: the whole file, one per line, blank-line separated "
+                                "paragraphs, or auto (paragraphs if the file has blank lines, else lines)",
+                        choices=("file", "line", "paragraph", "auto"))
+    format: str = _f("text", "text: documents from text_column / files; prompt_completion: pairs from "
+                             "prompt_column and completion_column, loss on the completion only",
+                     choices=("text", "prompt_completion"))
+    packing: bool | None = _f(None, "true: documents packed back to back into full blocks; false: one example per "
+                                    "sequence, truncated to the block size and padded; null = true for text, "
+                                    "false for prompt_completion")
+    prompt_column: str = _f("prompt", "prompt column of prompt_completion data")
+    completion_column: str = _f("completion", "completion column of prompt_completion data")
+    prompt_template: str = _f("{prompt}", "how a prompt is written before its completion, e.g. "
+                                          "'Q: {prompt}\\nA:' ; `gpt2kit generate` applies the run's template")
 
 
 @dataclass
@@ -75,6 +88,8 @@ class OptimArgs:
     beta2: float = _f(0.95, "AdamW beta2", min=0.0, max=1.0)
     eps: float = _f(1e-8, "AdamW epsilon", min=0.0, exclusive_min=True)
     warmup_steps: int = _f(100, "linear warmup steps", min=0)
+    warmup_fraction: float | None = _f(None, "warmup as a fraction of the run's steps (replaces warmup_steps)",
+                                       min=0.0, max=1.0)
     schedule: str = _f("cosine", "learning-rate decay after warmup", choices=("cosine", "linear", "constant"))
     grad_clip: float = _f(1.0, "clip the global gradient norm to this; 0 = off", min=0.0)
     decay_embeddings: bool = _f(False, "apply weight decay to the embeddings too")
@@ -82,7 +97,9 @@ class OptimArgs:
 
 @dataclass
 class TrainArgs:
-    max_steps: int = _f(1000, "optimizer steps", min=1)
+    max_steps: int | None = _f(None, "optimizer steps; null = 1000, or what train.epochs gives", min=1)
+    epochs: float | None = _f(None, "passes over the training data (instead of max_steps); evaluates and "
+                                    "checkpoints at the end of every epoch", min=0.0, exclusive_min=True)
     max_minutes: float | None = _f(None, "stop (with eval and checkpoint) after this much wall time", min=0.0)
     batch_size: int = _f(8, "sequences per device per micro-step", min=1)
     grad_accum: int = _f(1, "micro-steps per optimizer step", min=1)
@@ -103,11 +120,29 @@ class TrainArgs:
 
 
 @dataclass
+class FinetuneArgs:
+    """What is trained. Partial modes checkpoint only the trained tensors; the starting weights are kept
+    once in RUN/base/."""
+
+    mode: str = _f("full", "full: every weight; freeze: only the top train_blocks blocks and train_parts; "
+                           "lora: low-rank adapters (peft) on lora_targets", choices=("full", "freeze", "lora"))
+    train_blocks: int = _f(2, "freeze: how many of the top transformer blocks train", min=0)
+    train_parts: list[str] = _f(["ln_f"], "freeze: more parts that train, by name (ln_f, wte, wpe, lm_head, "
+                                          "h.0.attn, ...)")
+    lora_rank: int = _f(8, "lora: rank of the adapters", min=1)
+    lora_alpha: float = _f(16.0, "lora: scaling numerator (the update is scaled by alpha / rank)", min=0.0,
+                           exclusive_min=True)
+    lora_dropout: float = _f(0.05, "lora: dropout on the adapters' input", min=0.0, max=1.0)
+    lora_targets: list[str] = _f(["c_attn", "c_proj", "c_fc"], "lora: Linear layers that get adapters, by name")
+
+
+@dataclass
 class TrainConfig:
     model: ModelArgs = field(default_factory=ModelArgs)
     data: DataArgs = field(default_factory=DataArgs)
     optim: OptimArgs = field(default_factory=OptimArgs)
     train: TrainArgs = field(default_factory=TrainArgs)
+    finetune: FinetuneArgs = field(default_factory=FinetuneArgs)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

@@ -13,6 +13,11 @@ the batch shape never changes (the last batch of an epoch is completed by the st
 
 The loader's whole state is `position`, the number of stream entries consumed by all ranks together; so
 resuming is exact, and also works when the world size or batch size changed (as long as B*W divides it).
+With `epoch_aligned=True` (training by epochs) a batch never crosses an epoch's end: the last batch of an
+epoch is smaller, so `train.epochs 2` visits every block exactly twice.
+
+`ExampleLoader` has the same order and resume rules over examples of different lengths (fine-tuning with
+`data.packing: false`): one example per row, truncated to the block size, right padded, no loss on padding.
 
 `StreamingLoader` packs on the fly from any source (no prepare step): documents are read and encoded as
 needed, in order (no shuffling); its state is (epoch, document index, token offset) so it resumes exactly.
@@ -65,6 +70,58 @@ class BlockStream:
         return out
 
 
+IGNORE_INDEX = -100  # torch.nn.functional.cross_entropy's default ignore_index: no loss at that position
+
+
+def next_slice(stream: BlockStream, position: int, rank: int, batch_size: int, world_size: int,
+               epoch_aligned: bool) -> tuple[np.ndarray, int]:
+    """(this rank's items of the next global batch, the position after it).
+
+    Rank r takes the r-th slice of B. With `epoch_aligned`, the global batch stops at the end of the epoch;
+    such a smaller batch is shared out evenly, so a rank gets nothing only when fewer items than ranks remain."""
+    B, W = batch_size, world_size
+    size = B * W
+    if epoch_aligned:
+        size = min(size, stream.n - position % stream.n)
+    if size == B * W:
+        lo, count = rank * B, B
+    else:
+        base, extra = divmod(size, W)
+        lo, count = rank * base + min(rank, extra), base + int(rank < extra)
+    return stream.take(position + lo, count), position + size
+
+
+def collate_examples(pad_id: int, items: Sequence[tuple]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Right-pad (x, y) pairs: x with `pad_id`, y with IGNORE_INDEX."""
+    L = max(len(x) for x, _ in items)
+    X = torch.full((len(items), L), pad_id, dtype=torch.long)
+    Y = torch.full((len(items), L), IGNORE_INDEX, dtype=torch.long)
+    for i, (x, y) in enumerate(items):
+        X[i, : len(x)] = torch.as_tensor(np.asarray(x, dtype=np.int64))
+        Y[i, : len(y)] = torch.as_tensor(np.asarray(y, dtype=np.int64))
+    return X, Y
+
+
+def _eval_count(n: int, world_size: int, batch_size: int, max_batches: int | None) -> int:
+    return n if not max_batches else min(n, max_batches * batch_size * world_size)
+
+
+def _eval_ids(n: int, rank: int, world_size: int, batch_size: int, max_batches: int | None) -> Iterator[np.ndarray]:
+    """This rank's batches of item ids for evaluation: all n items, or an even spread of at most
+    max_batches * batch_size * world_size of them (the same ones every time, so evaluations compare)."""
+    k = _eval_count(n, world_size, batch_size, max_batches)
+    chosen = np.arange(n) if k == n else np.unique(np.linspace(0, n - 1, k).round().astype(np.int64))
+    share = chosen[rank::world_size]
+    for i in range(0, len(share), batch_size):
+        yield share[i : i + batch_size]
+
+
+def empty_batch() -> tuple[torch.Tensor, torch.Tensor]:
+    """One padding token without a target: a rank with no data left in an epoch still runs forward and
+    backward (DDP needs every rank to), adding nothing to the loss."""
+    return torch.zeros((1, 1), dtype=torch.long), torch.full((1, 1), IGNORE_INDEX, dtype=torch.long)
+
+
 class PackedLoader:
     """Shuffled, packed `(x, y)` int64 batches of shape (batch_size, block_size) from a prepared split."""
 
@@ -79,8 +136,10 @@ class PackedLoader:
         rank: int = 0,
         world_size: int = 1,
         shuffle: bool = True,
+        epoch_aligned: bool = False,
     ):
         _check_sizes(block_size, batch_size, rank, world_size)
+        self.epoch_aligned = epoch_aligned
         self.meta = read_meta(data_dir)
         self.data_dir, self.split = str(data_dir), split
         self.block_size, self.batch_size = block_size, batch_size
@@ -104,13 +163,21 @@ class PackedLoader:
         self._arange = np.arange(block_size + 1, dtype=np.int64)
 
     @property
+    def num_items(self) -> int:
+        return self.num_blocks
+
+    @property
     def batches_per_epoch(self) -> int:
-        """Steps per epoch (rounded up: the last batch of an epoch borrows from the next one)."""
+        """Batches per epoch (rounded up: a smaller last batch, or one completed by the next epoch)."""
         return -(-self.num_blocks // (self.batch_size * self.world_size))
 
     @property
     def epoch(self) -> int:
         return self.position // self.num_blocks
+
+    @property
+    def at_epoch_end(self) -> bool:
+        return self.position > 0 and self.position % self.num_blocks == 0
 
     def _blocks(self, block_ids: np.ndarray) -> np.ndarray:
         """(len(block_ids), T + 1) tokens; one gather when all blocks sit in one shard (the common case)."""
@@ -139,10 +206,9 @@ class PackedLoader:
 
     def next_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
         """The next (x, y) of this rank; endless (a new epoch reshuffles with (seed, epoch))."""
-        B = self.batch_size
-        ids = self.stream.take(self.position + self.rank * B, B)
-        self.position += B * self.world_size
-        return self._batch(ids)
+        ids, self.position = next_slice(self.stream, self.position, self.rank, self.batch_size, self.world_size,
+                                        self.epoch_aligned)
+        return self._batch(ids) if len(ids) else empty_batch()
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         while True:
@@ -152,12 +218,17 @@ class PackedLoader:
         """One pass over this rank's share of the split, in order (for evaluation; the state is untouched).
 
         Rank r takes blocks r, r + W, r + 2W, ... of the first W * (num_blocks // W), so every rank yields the
-        same number of batches (the last one may be smaller than batch_size)."""
-        share = np.arange(self.rank, (self.num_blocks // self.world_size) * self.world_size, self.world_size)
-        for n, i in enumerate(range(0, len(share), self.batch_size)):
-            if max_batches is not None and n >= max_batches:
-                return
-            yield self._batch(share[i : i + self.batch_size])
+        same number of batches (the last one may be smaller than batch_size). With `max_batches`, a fixed
+        sample of blocks spread evenly over the whole split (the same at every call), never just its start."""
+        for ids in _eval_ids((self.num_blocks // self.world_size) * self.world_size, self.rank, self.world_size,
+                             self.batch_size, max_batches):
+            yield self._batch(ids)
+
+    def eval_tokens(self, max_batches: int | None = None) -> tuple[int, int]:
+        """(target tokens an evaluation with `max_batches` reads over all ranks, target tokens in the split)."""
+        n = (self.num_blocks // self.world_size) * self.world_size
+        return min(n, _eval_count(n, self.world_size, self.batch_size, max_batches)) * self.block_size, \
+            self.num_blocks * self.block_size
 
     def state_dict(self) -> dict:
         """JSON-able position; restore with load_state_dict to continue at exactly the next block."""
@@ -180,6 +251,78 @@ class PackedLoader:
                     "resume with the same data and settings, or start a new run"
                 )
         self.position = int(state["position"])
+
+
+class ExampleLoader:
+    """Shuffled batches of variable-length examples, right padded; the order and resume rules of PackedLoader.
+
+    `examples[i]` is `(x, y)`: input ids and targets of equal length (at most block_size), y = IGNORE_INDEX
+    where there is no loss (e.g. a prompt). Padding gets `pad_id` in x and IGNORE_INDEX in y; causal attention
+    never looks right, so right padding needs no attention mask and changes no real position's logits."""
+
+    def __init__(self, examples, batch_size: int, *, pad_id: int, seed: int = 0, rank: int = 0,
+                 world_size: int = 1, shuffle: bool = True, epoch_aligned: bool = False, name: str = "train"):
+        _check_sizes(1, batch_size, rank, world_size)
+        if len(examples) == 0:
+            raise UserError(f"the {name} split has no examples; add data")
+        self.examples, self.batch_size, self.pad_id = examples, batch_size, pad_id
+        self.seed, self.rank, self.world_size, self.shuffle = seed, rank, world_size, shuffle
+        self.epoch_aligned = epoch_aligned
+        self.stream = BlockStream(len(examples), seed, shuffle)
+        self.position = 0
+
+    @property
+    def num_items(self) -> int:
+        return len(self.examples)
+
+    @property
+    def batches_per_epoch(self) -> int:
+        return -(-len(self.examples) // (self.batch_size * self.world_size))
+
+    @property
+    def epoch(self) -> int:
+        return self.position // len(self.examples)
+
+    @property
+    def at_epoch_end(self) -> bool:
+        return self.position > 0 and self.position % len(self.examples) == 0
+
+    def next_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
+        ids, self.position = next_slice(self.stream, self.position, self.rank, self.batch_size, self.world_size,
+                                        self.epoch_aligned)
+        return collate_examples(self.pad_id, [self.examples[i] for i in ids.tolist()]) if len(ids) else empty_batch()
+
+    def iter_epoch(self, max_batches: int | None = None) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """Every example once, in order, rank r taking examples r, r + W, ...; with `max_batches`, an even
+        spread over the split (for evaluation; the state is untouched)."""
+        for ids in _eval_ids(len(self.examples), self.rank, self.world_size, self.batch_size, max_batches):
+            yield collate_examples(self.pad_id, [self.examples[j] for j in ids.tolist()])
+
+    def eval_tokens(self, max_batches: int | None = None) -> tuple[int, int]:
+        """(target tokens an evaluation with `max_batches` reads, target tokens in the split)."""
+        def targets(ids) -> int:
+            return sum(int((np.asarray(self.examples[i][1]) != IGNORE_INDEX).sum()) for i in ids)
+        n = len(self.examples)
+        chosen = [i for r in range(self.world_size) for b in _eval_ids(n, r, self.world_size, self.batch_size,
+                                                                     max_batches) for i in b.tolist()]
+        return targets(chosen), targets(range(n))
+
+    def state_dict(self) -> dict:
+        return {"kind": "examples", "position": int(self.position), "seed": self.seed, "shuffle": self.shuffle,
+                "examples": len(self.examples)}
+
+    def load_state_dict(self, state: dict) -> None:
+        for key, now in (("seed", self.seed), ("shuffle", self.shuffle), ("examples", len(self.examples))):
+            if key in state and state[key] != now:
+                raise UserError(f"cannot resume the data loader: {key} was {state[key]!r} and is now {now!r}; "
+                                "resume with the same data and settings, or start a new run")
+        self.position = int(state["position"])
+
+
+def lm_example(seq: np.ndarray, block_size: int) -> tuple[np.ndarray, np.ndarray]:
+    """(x, y) of one document for per-example LM training: the document + EOS, cut to block_size + 1."""
+    seq = seq[: block_size + 1]
+    return seq[:-1], seq[1:]
 
 
 class StreamingLoader:

@@ -393,9 +393,9 @@ def sample_next(
     return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
 
 
-def model_size(model: nn.Module) -> str:
-    """Parameter count as a human string, e.g. `124.4M` (tied weights counted once)."""
-    n = sum(p.numel() for p in model.parameters())  # parameters() yields a shared Parameter once
+def model_size(model: nn.Module | int) -> str:
+    """Parameter count (of a model, or a number) as a human string, e.g. `124.4M` (tied weights counted once)."""
+    n = model if isinstance(model, int) else sum(p.numel() for p in model.parameters())  # shared counted once
     if n >= 1e9:
         return f"{n / 1e9:.2f}B"
     if n >= 1e6:

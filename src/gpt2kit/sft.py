@@ -3,8 +3,8 @@
 Prompt/completion (instruction tuning): the sequence is prompt + completion + EOS; the loss is only on the
 completion and the EOS, so the model learns to answer and to stop. Labels are masked by position (not by
 id), so the real EOS label survives even when the pad id equals the EOS id (GPT-2 has no pad token).
-Batches are `(x, y)` like `PackedLoader`'s — x = seq[:-1], y = labels[1:], y = -100 where no loss — right
-padded (causal attention never looks right, so padding at the end needs no mask).
+Examples are `(x, y)` — x = seq[:-1], y = labels[1:], y = -100 where no loss — batched right padded by
+`loader.ExampleLoader` (causal attention never looks right, so padding at the end needs no mask).
 
 Classification: each text + EOS, truncated to `max_length`, left padded so the last position of every
 row is the text's final token (the one a GPT classifier reads), with an attention mask of 1 on real tokens.
@@ -16,14 +16,11 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 
 from gpt2kit.errors import UserError
-from gpt2kit.loader import BlockStream
+from gpt2kit.loader import IGNORE_INDEX
 from gpt2kit.tokenizer import Tokenizer
-
-IGNORE_INDEX = -100  # torch.nn.functional.cross_entropy's default ignore_index
 
 
 def encode_prompt_completion(tokenizer: Tokenizer, prompt: str, completion: str, max_length: int
@@ -42,17 +39,6 @@ def encode_prompt_completion(tokenizer: Tokenizer, prompt: str, completion: str,
     seq = p + c
     labels = [IGNORE_INDEX] * len(p) + c
     return seq[:-1], labels[1:]
-
-
-def collate_sft(examples: Sequence[tuple[list[int], list[int]]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Right-pad (x, y) pairs: x with `pad_id`, y with IGNORE_INDEX."""
-    L = max(len(x) for x, _ in examples)
-    X = torch.full((len(examples), L), pad_id, dtype=torch.long)
-    Y = torch.full((len(examples), L), IGNORE_INDEX, dtype=torch.long)
-    for i, (x, y) in enumerate(examples):
-        X[i, : len(x)] = torch.tensor(x, dtype=torch.long)
-        Y[i, : len(y)] = torch.tensor(y, dtype=torch.long)
-    return X, Y
 
 
 def encode_classification(tokenizer: Tokenizer, texts: Sequence[str], labels: Sequence[int], max_length: int
@@ -106,44 +92,6 @@ def read_classification(sources: Sequence[str] | str, *, text_column: str = "tex
     except KeyError as e:
         raise UserError(f"label {e.args[0]!r} is not one of {', '.join(label_names)}") from e
     return ClassificationData([str(r[text_column]) for r in rows], labels, list(label_names))
-
-
-class SupervisedLoader:
-    """Shuffled batches of encoded examples with the same order and resume rules as PackedLoader.
-
-    `examples` are (x, y) pairs from encode_prompt_completion, collated with `collate_sft`."""
-
-    def __init__(self, examples: Sequence[tuple[list[int], list[int]]], batch_size: int, *, pad_id: int,
-                 seed: int = 0, rank: int = 0, world_size: int = 1, shuffle: bool = True):
-        if len(examples) < world_size:
-            raise UserError(f"{len(examples)} examples cannot feed {world_size} ranks; add examples")
-        self.examples, self.batch_size, self.pad_id = examples, batch_size, pad_id
-        self.rank, self.world_size, self.seed = rank, world_size, seed
-        self.stream = BlockStream(len(examples), seed, shuffle)
-        self.position = 0
-
-    @property
-    def batches_per_epoch(self) -> int:
-        return -(-len(self.examples) // (self.batch_size * self.world_size))
-
-    def next_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
-        B = self.batch_size
-        ids = self.stream.take(self.position + self.rank * B, B)
-        self.position += B * self.world_size
-        return collate_sft([self.examples[i] for i in ids.tolist()], self.pad_id)
-
-    def iter_epoch(self):
-        share = np.arange(self.rank, (len(self.examples) // self.world_size) * self.world_size, self.world_size)
-        for i in range(0, len(share), self.batch_size):
-            yield collate_sft([self.examples[j] for j in share[i : i + self.batch_size].tolist()], self.pad_id)
-
-    def state_dict(self) -> dict:
-        return {"kind": "supervised", "position": self.position, "seed": self.seed, "examples": len(self.examples)}
-
-    def load_state_dict(self, state: dict) -> None:
-        if state.get("examples", len(self.examples)) != len(self.examples):
-            raise UserError(f"cannot resume: the data had {state['examples']} examples, now {len(self.examples)}")
-        self.position = int(state["position"])
 
 
 def sft_examples(sources: Sequence[str] | str | os.PathLike, tokenizer: Tokenizer, max_length: int, **options

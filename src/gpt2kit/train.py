@@ -9,6 +9,8 @@ A `last_step` flag makes the final evaluation and save happen inside the loop.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import json
 import math
 import os
 import random
@@ -21,7 +23,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from gpt2kit.atomic import write_text_atomic
 from gpt2kit.checkpoint import (
@@ -31,6 +32,7 @@ from gpt2kit.checkpoint import (
     load_gpt2kit_dir,
     load_model,
     prune_checkpoints,
+    save_base,
     save_checkpoint,
     tokenizer_source,
 )
@@ -344,13 +346,76 @@ class RunResult:
     exit_code: int = 0
 
 
+@dataclass
+class LoopState:
+    """Everything the loop carries from step to step; saved in state.json, so a resume continues it exactly."""
+
+    step: int = 0
+    tokens: int = 0  # target tokens seen (tokens that carry a loss)
+    best_val_loss: float | None = None
+    last_val_loss: float | None = None
+    best_ckpt_val_loss: float | None = None  # the best among evaluated *checkpoints* (what `best` points to)
+    evals_since_best: int = 0
+    skipped: int = 0  # non-finite updates skipped in a row
+    stopped_early: bool = False
+    elapsed: float = 0.0  # seconds of training before this process
+
+    def to_json(self) -> dict:
+        return dict(vars(self))
+
+    @classmethod
+    def from_json(cls, state: dict) -> LoopState:
+        return cls(**{k: state[k] for k in cls.__dataclass_fields__ if k in state})
+
+
+def plan_steps(t, batches_per_epoch: int) -> tuple[int, int]:
+    """(max_steps, steps per epoch): train.epochs or train.max_steps (default 1000), not both."""
+    steps_per_epoch = -(-batches_per_epoch // t.grad_accum)
+    if t.epochs is not None and t.max_steps is not None:
+        raise UserError(f"train.max_steps ({t.max_steps}) and train.epochs ({t.epochs:g}) both set; set one of "
+                        "them (the other to null)")
+    if t.epochs is not None:
+        return max(1, math.ceil(t.epochs * steps_per_epoch)), steps_per_epoch
+    return t.max_steps or DEFAULT_MAX_STEPS, steps_per_epoch
+
+
+DEFAULT_MAX_STEPS = 1000
+
+
+def is_partial(cfg: TrainConfig) -> bool:
+    from gpt2kit.finetune import PARTIAL_MODES
+
+    return cfg.finetune.mode in PARTIAL_MODES
+
+
+def prepare_model(cfg: TrainConfig, vocab_size: int, resume_ckpt: Path | None) -> tuple[GPT, dict | None]:
+    """(the model to train with its fine-tuning mode applied, the starting weights to keep in RUN/base for a
+    partial mode started now)."""
+    from gpt2kit.finetune import apply_mode
+
+    if resume_ckpt is not None:
+        saved = json.loads((resume_ckpt / "config.json").read_text()).get("finetune", {}).get("mode", "full")
+        if saved != cfg.finetune.mode:
+            raise UserError(f"finetune.mode is {cfg.finetune.mode} but the checkpoint being resumed was trained with "
+                            f"{saved}; resume with the same mode or start a new --out")
+    model = build_model(cfg, vocab_size, resume_ckpt)
+    base = None
+    if resume_ckpt is None and is_partial(cfg):
+        base = dict(model.state_dict())  # the same tensors: written to RUN/base before any step changes them
+    if resume_ckpt is None or not is_partial(cfg):
+        model = apply_mode(model, cfg.finetune)
+    return model.train(), base
+
+
 def train(cfg: TrainConfig, out: str | os.PathLike, resume: str | None = None, overwrite: bool = False,
           quiet: bool = False) -> RunResult:
     from accelerate import Accelerator
-    from accelerate.utils import gather_object
+    from accelerate.utils import DistributedType, gather_object
 
-    from gpt2kit.loader import PackedLoader
-    from gpt2kit.prepare import check_vocab, ensure_prepared, read_meta
+    from gpt2kit.data import build_data
+    from gpt2kit.finetune import base_sha256, describe, finetune_meta, partial_state_dict, trainable_names
+    from gpt2kit.prepare import check_vocab
+    from gpt2kit.tasks import LMTask
 
     t_start = time.time()
     out = Path(out)
@@ -367,51 +432,50 @@ def train(cfg: TrainConfig, out: str | os.PathLike, resume: str | None = None, o
     log = (lambda *a: print(*a, file=sys.stderr)) if is_main and not quiet else (lambda *a: None)
 
     resume_ckpt, wipe = check_run_dir(out, resume, overwrite)
+    state = LoopState()
+    saved_state, opt_state = (load_checkpoint_state(resume_ckpt) if resume_ckpt is not None else ({}, None))
+    if saved_state.get("stopped_early"):
+        log(f"{out} stopped early at step {saved_state['step']} (no better val loss in {t.early_stopping} "
+            "evaluations); nothing to resume - start a new --out, or --overwrite, to train again")
+        return RunResult(saved_state["step"], saved_state["tokens"], saved_state.get("best_val_loss"),
+                         saved_state.get("last_val_loss"), resume_ckpt, 0.0)
 
-    # ---- data and tokenizer
-    if not cfg.data.sources:
-        raise UserError("no training data; pass --data DIR_OR_SOURCE (a prepared dir, files, a folder, stdlib, ...)")
-    first = Path(cfg.data.sources[0]).expanduser()
-    prepared_hint = first if len(cfg.data.sources) == 1 and (first / "meta.json").exists() else None
+    # ---- tokenizer, model, data
+    first = Path(cfg.data.sources[0]).expanduser() if cfg.data.sources else None
+    prepared_hint = first if first is not None and len(cfg.data.sources) == 1 and (first / "meta.json").exists() else None
     tokenizer = load_tokenizer_for(cfg, prepared_hint)
-    options = dict(text_column=cfg.data.text_column, include=cfg.data.include or None,
-                   val_fraction=cfg.data.val_fraction, workers=cfg.data.workers)
-    data_dir = main_first(accelerator, lambda: ensure_prepared(cfg.data.sources, tokenizer,
-                                                               cache_dir=cfg.data.cache_dir, **options))
-    meta = read_meta(data_dir)
-    check_init_tokenizer(cfg, meta, data_dir, resume_ckpt)
-
-    # ---- model, optimizer, loaders
     seed_everything(t.seed)  # same init on every rank
-    model = build_model(cfg, tokenizer.vocab_size, resume_ckpt)
-    check_vocab(meta["vocab_size"], model.config.vocab_size, f"the data in {data_dir}")
+    model, base_weights = prepare_model(cfg, tokenizer.vocab_size, resume_ckpt)
     block_size = model.config.block_size
+    data = build_data(cfg, tokenizer, block_size, rank=rank, world=world,
+                      run_first=lambda fn: main_first(accelerator, fn))
+    if data.meta is not None:
+        check_init_tokenizer(cfg, data.meta, data.data_dir, resume_ckpt)
+        check_vocab(data.meta["vocab_size"], model.config.vocab_size, f"the data in {data.data_dir}")
+    task = LMTask(data.bytes_per_token)
+    train_loader, val_loader = data.train, data.val
+    B, A = t.batch_size, t.grad_accum
+    max_steps, steps_per_epoch = plan_steps(t, train_loader.batches_per_epoch)
+    aligned = t.epochs is not None
+    optim = cfg.optim
+    if optim.warmup_fraction is not None:
+        optim = dataclasses.replace(optim, warmup_steps=round(optim.warmup_fraction * max_steps))
     model.grad_checkpointing = t.grad_checkpointing
     device = accelerator.device
     model.to(device)
-    optimizer = make_optimizer(model, cfg.optim, device.type)
-    B, A = t.batch_size, t.grad_accum
-    train_loader = PackedLoader(data_dir, "train", block_size, B, seed=t.seed, rank=rank, world_size=world)
-    val_loader = PackedLoader(data_dir, "val", block_size, B, seed=t.seed, rank=rank, world_size=world,
-                              shuffle=False)
-    val = meta["splits"]["val"]
-    bytes_per_token = val["bytes"] / max(1, val["tokens"])
+    optimizer = make_optimizer(model, optim, device.type)
+    partial = is_partial(cfg)
+    trained = trainable_names(model)
 
     # ---- resume
-    step, tokens_seen, best_val, last_val, evals_since_best, skipped = 0, 0, None, None, 0, 0
-    best_ckpt_val, elapsed_before = None, 0.0
-    opt_state = None
     if resume_ckpt is not None:
-        state, opt_state = load_checkpoint_state(resume_ckpt)
         if opt_state is not None:
             optimizer.load_state_dict(opt_state["optimizer"])
-        step, tokens_seen = state["step"], state["tokens"]
-        best_val, last_val = state.get("best_val_loss"), state.get("last_val_loss")
-        best_ckpt_val, elapsed_before = state.get("best_ckpt_val_loss"), state.get("elapsed", 0.0)
-        evals_since_best = state.get("evals_since_best", 0)
-        train_loader.load_state_dict(state["loader"])
-        set_rng_state(state["rng"][rank] if rank < len(state["rng"]) else state["rng"][0])
-        log(f"resuming from {resume_ckpt} (step {step}, {tokens_seen:,} tokens)")
+        state = LoopState.from_json(saved_state)
+        train_loader.load_state_dict(saved_state["loader"])
+        rngs = saved_state["rng"]
+        set_rng_state(rngs[rank] if rank < len(rngs) else rngs[0])
+        log(f"resuming from {resume_ckpt} (step {state.step}, {state.tokens:,} tokens)")
     else:
         seed_everything(t.seed + rank)  # dropout masks differ across ranks
 
@@ -421,6 +485,9 @@ def train(cfg: TrainConfig, out: str | os.PathLike, resume: str | None = None, o
     model, optimizer = accelerator.prepare(model, optimizer)
     if opt_state is not None and opt_state.get("scaler") is not None and accelerator.scaler is not None:
         accelerator.scaler.load_state_dict(opt_state["scaler"])
+    # Evaluation runs on the plain module (no DDP collectives per forward, so ranks may hold unequal shares);
+    # FSDP needs its wrapper to gather the weights.
+    eval_model = model if accelerator.distributed_type == DistributedType.FSDP else raw_model
 
     # ---- run directory: set-up succeeded, so now (and only now) an old run may be replaced
     if is_main:
@@ -428,66 +495,61 @@ def train(cfg: TrainConfig, out: str | os.PathLike, resume: str | None = None, o
             shutil.rmtree(out)
         out.mkdir(parents=True, exist_ok=True)
         if resume_ckpt is not None and resume_ckpt.parent == out / "checkpoints":
-            set_aside_later_checkpoints(out / "checkpoints", step)
+            set_aside_later_checkpoints(out / "checkpoints", state.step)
         write_text_atomic(out / "config.yaml", cfg.to_yaml())
         if resume_ckpt is None or not (out / "tokenizer").exists():
             if (out / "tokenizer").exists():
                 shutil.rmtree(out / "tokenizer")
             tokenizer.save(out / "tokenizer")
-    metrics = MetricsLogger(out, resume_step=step, wandb_config=cfg.to_dict() if t.wandb else None) if is_main else None
+        if base_weights is not None:
+            save_base(out, raw_model, base_weights)
+    base_weights = None
+    ft_meta = finetune_meta(cfg.finetune, base_sha256(out / "base")) if partial and is_main else None
+    metrics = (MetricsLogger(out, resume_step=state.step, wandb_config=cfg.to_dict() if t.wandb else None)
+               if is_main else None)
 
     # Printed once set-up has succeeded, so a mistake found during set-up stays a single `error:` line.
     log("config:\n  " + cfg.to_yaml().replace("\n", "\n  ").rstrip())
     log(f"model: {model_size(raw_model)} parameters, block {block_size}, vocab {raw_model.config.vocab_size}; "
-        f"data: {meta['splits']['train']['tokens']:,} train / {val['tokens']:,} val tokens")
+        f"{describe(raw_model, cfg.finetune.mode)}")
+    log(data.summary)
+    evaluated_tokens, val_total = val_loader.eval_tokens(t.eval_batches or None)
+    log(f"validation: {'all ' if evaluated_tokens == val_total else 'a fixed sample of '}{evaluated_tokens:,}"
+        + ("" if evaluated_tokens == val_total else f" of {val_total:,}") + " target tokens per evaluation")
     log(f"device: {device} x{world}, precision: {mixed}, global batch {B * A * world} x {block_size} tokens")
-    if effective_warmup(cfg.optim.warmup_steps, t.max_steps) != cfg.optim.warmup_steps:
-        log(f"optim.warmup_steps {cfg.optim.warmup_steps} >= train.max_steps {t.max_steps}: warming up for "
-            f"{effective_warmup(cfg.optim.warmup_steps, t.max_steps)} steps instead")
+    if aligned:
+        log(f"1 epoch = {steps_per_epoch} steps; {t.epochs:g} epochs = {max_steps} steps "
+            "(evaluation and checkpoint at the end of every epoch)")
+    if effective_warmup(optim.warmup_steps, max_steps) != optim.warmup_steps:
+        log(f"optim.warmup_steps {optim.warmup_steps} >= {max_steps} steps: warming up for "
+            f"{effective_warmup(optim.warmup_steps, max_steps)} steps instead")
 
-    tokens_per_step = B * A * world * block_size
     # Matmul parameters: everything but the embeddings, plus the output layer (tied or not).
     matmul_params = num_params(raw_model, exclude_embeddings=True) + (
         raw_model.lm_head.weight.numel() if raw_model.config.tie_embeddings else 0)
     fpt = flops_per_token(matmul_params, raw_model.config.n_layer, raw_model.config.n_embd, block_size)
     peak = peak_flops(device, torch.float32 if mixed == "no" else torch.bfloat16) * world
-    V = raw_model.config.vocab_size
-
-    def evaluate() -> tuple[float, int]:
-        model.eval()
-        total = torch.zeros(2, device=device, dtype=torch.float64)
-        with torch.no_grad():
-            for i, (x, y) in enumerate(val_loader.iter_epoch()):
-                if t.eval_batches and i >= t.eval_batches:
-                    break
-                x, y = x.to(device), y.to(device)
-                with accelerator.autocast():
-                    logits = model(x)
-                total[0] += F.cross_entropy(logits.float().view(-1, V), y.reshape(-1), reduction="sum").double()
-                total[1] += y.numel()
-        model.train()
-        total = accelerator.reduce(total, reduction="sum")
-        return (total[0] / total[1]).item(), int(total[1].item())
 
     def checkpoint(reason: str, val_here: float | None) -> Path | None:
         """Save; `val_here` is this step's validation loss when it was evaluated (it may become `best`)."""
-        nonlocal best_ckpt_val
         rngs = gather_object([rng_state()])
         weights = full_state_dict(accelerator, model)
-        is_best = val_here is not None and math.isfinite(val_here) and (best_ckpt_val is None or val_here < best_ckpt_val)
+        is_best = val_here is not None and math.isfinite(val_here) and (
+            state.best_ckpt_val_loss is None or val_here < state.best_ckpt_val_loss)
         if is_best:
-            best_ckpt_val = val_here
+            state.best_ckpt_val_loss = val_here
         path = None
         if is_main:
-            state = {"step": step, "tokens": tokens_seen, "best_val_loss": best_val, "last_val_loss": last_val,
-                     "best_ckpt_val_loss": best_ckpt_val, "evals_since_best": evals_since_best,
-                     "loader": train_loader.state_dict(), "rng": rngs, "world_size": world, "reason": reason,
-                     "elapsed": elapsed_before + time.time() - t_start}
+            if partial:
+                weights = partial_state_dict(weights, trained)
+            elapsed = state.elapsed + time.time() - t_start
+            saved = {**state.to_json(), "elapsed": elapsed, "loader": train_loader.state_dict(), "rng": rngs,
+                     "world_size": world, "reason": reason}
             opt = {"optimizer": optimizer.state_dict(),
                    "scaler": accelerator.scaler.state_dict() if accelerator.scaler is not None else None}
             root = out / "checkpoints"
-            path = save_checkpoint(root, step, raw_model, state, opt, tokenizer,
-                                   extra_files={"config.yaml": cfg.to_yaml()}, state_dict=weights)
+            path = save_checkpoint(root, state.step, raw_model, saved, opt, tokenizer,
+                                   extra_files={"config.yaml": cfg.to_yaml()}, state_dict=weights, finetune=ft_meta)
             if is_best:
                 write_text_atomic(root / "best", path.name + "\n")
             best_name = (root / "best").read_text().strip() if (root / "best").exists() else ""
@@ -501,56 +563,63 @@ def train(cfg: TrainConfig, out: str | os.PathLike, resume: str | None = None, o
     model.train()
     from tqdm.auto import tqdm
 
-    bar = tqdm(total=t.max_steps, initial=step, disable=not is_main or quiet, dynamic_ncols=True,
+    bar = tqdm(total=max_steps, initial=state.step, disable=not is_main or quiet, dynamic_ncols=True,
                desc="train", unit="step", file=sys.stderr)
     t_window, tokens_window = time.time(), 0
     try:
         with StopRequested() as stop:
-            while step < t.max_steps:
-                step += 1
-                lr = get_lr(step, cfg.optim, t.max_steps)
+            while state.step < max_steps:
+                state.step += 1
+                step = state.step
+                lr = get_lr(step, optim, max_steps)
                 for group in optimizer.param_groups:
                     group["lr"] = lr
+                if aligned:
+                    bar.set_description(f"epoch {train_loader.epoch + 1}/{math.ceil(t.epochs)}", refresh=False)
 
-                # -- forward/backward over A micro-batches; the loss is the mean over all tokens of
-                # the global batch, so accumulation and data parallelism equal one big batch.
+                # -- up to A micro-batches (an epoch's last step may have fewer); the loss is the mean over
+                # every target token of the global batch, so padding, accumulation and ranks change nothing.
+                micro = []
+                while len(micro) < A and not (aligned and micro and train_loader.at_epoch_end):
+                    micro.append(train_loader.next_batch())
+                n_targets = sum(task.targets(b) for b in micro)
+                if world > 1:
+                    n_targets = int(accelerator.reduce(torch.tensor(n_targets, device=device), reduction="sum"))
+                scale = world / max(1, n_targets)  # DDP averages over ranks: undo that
                 loss_sum = torch.zeros((), device=device, dtype=torch.float64)
-                scale = world / (B * A * world * block_size)  # DDP averages over ranks: undo that
-                for micro in range(A):
-                    x, y = train_loader.next_batch()
-                    x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-                    sync = contextlib.nullcontext() if micro == A - 1 else accelerator.no_sync(model)
+                for i, batch in enumerate(micro):
+                    sync = contextlib.nullcontext() if i == len(micro) - 1 else accelerator.no_sync(model)
                     with sync, accelerator.autocast():
-                        logits = model(x)
-                        loss = F.cross_entropy(logits.float().view(-1, V), y.reshape(-1), reduction="sum")
+                        loss = task.loss(model, batch, device)
                         accelerator.backward(loss * scale)
                     loss_sum += loss.detach().double()
-                tokens_seen += tokens_per_step
-                tokens_window += tokens_per_step
+                state.tokens += n_targets
+                tokens_window += n_targets
 
                 # -- clip and guard: a non-finite loss or gradient never reaches the weights
+                params = [p for p in raw_model.parameters() if p.requires_grad]
                 if cfg.optim.grad_clip > 0:
-                    grad_norm = accelerator.clip_grad_norm_(raw_model.parameters(), cfg.optim.grad_clip)
+                    grad_norm = accelerator.clip_grad_norm_(params, cfg.optim.grad_clip)
                 else:
                     accelerator.unscale_gradients()  # fp16: measure the true gradients, not the scaled ones
                     grad_norm = torch.linalg.vector_norm(
-                        torch.stack([p.grad.norm() for p in raw_model.parameters() if p.grad is not None]))
+                        torch.stack([p.grad.norm() for p in params if p.grad is not None]))
                 grad_norm = float(grad_norm)
-                step_loss = (accelerator.reduce(loss_sum, reduction="sum") / (tokens_per_step)).item()
+                step_loss = (accelerator.reduce(loss_sum, reduction="sum") / max(1, n_targets)).item()
                 if mixed == "fp16" and math.isfinite(step_loss):
                     optimizer.step()  # the loss scaler skips overflowing steps and lowers its scale itself
-                    skipped = skipped + 1 if optimizer.step_was_skipped else 0
+                    state.skipped = state.skipped + 1 if optimizer.step_was_skipped else 0
                 elif math.isfinite(grad_norm) and math.isfinite(step_loss):
                     optimizer.step()
-                    skipped = 0
+                    state.skipped = 0
                 else:
-                    skipped += 1
+                    state.skipped += 1
                     msg = f"non-finite {'loss' if not math.isfinite(step_loss) else 'gradient'} at step {step}"
-                    if t.nonfinite == "stop" or skipped >= t.max_skipped:
+                    if t.nonfinite == "stop" or state.skipped >= t.max_skipped:
                         optimizer.zero_grad(set_to_none=True)
                         raise UserError(f"{msg}; stopped before it reached the weights (last good checkpoint: "
                                         f"{last_ckpt or 'none'}); lower optim.lr or check the data")
-                    log(f"{msg}: update skipped ({skipped} in a row)")
+                    log(f"{msg}: update skipped ({state.skipped} in a row)")
                 optimizer.zero_grad(set_to_none=True)
 
                 # -- stop conditions, agreed by all ranks
@@ -560,15 +629,15 @@ def train(cfg: TrainConfig, out: str | os.PathLike, resume: str | None = None, o
                                      device=device, dtype=torch.int32)
                 flags = accelerator.reduce(flags, reduction="sum")
                 signum = signal.SIGINT if flags[0] > 0 else signal.SIGTERM if flags[1] > 0 else 0
-                time_up = bool(flags[2] > 0)
-                last_step = step == t.max_steps or time_up
+                last_step = step == max_steps or bool(flags[2] > 0)
+                epoch_end = aligned and train_loader.at_epoch_end
 
                 # -- log
                 if step % t.log_every == 0 or last_step or step == 1:
                     dt = time.time() - t_window
                     tok_s = tokens_window / max(dt, 1e-9)
-                    row = {"step": step, "tokens": tokens_seen, "loss": step_loss, "lr": lr, "grad_norm": grad_norm,
-                           "tok_s": tok_s, "mfu": tok_s * fpt / peak, "time": elapsed_before + time.time() - t_start}
+                    row = {"step": step, "tokens": state.tokens, "loss": step_loss, "lr": lr, "grad_norm": grad_norm,
+                           "tok_s": tok_s, "mfu": tok_s * fpt / peak, "time": state.elapsed + time.time() - t_start}
                     if metrics:
                         metrics.log(row)
                     t_window, tokens_window = time.time(), 0
@@ -576,29 +645,34 @@ def train(cfg: TrainConfig, out: str | os.PathLike, resume: str | None = None, o
                                     mfu=f"{100 * row['mfu']:.1f}%", refresh=False)
                 bar.update(1)
 
-                # -- evaluate once in a while, and at the end
+                # -- evaluate once in a while, at the end of every epoch, and at the end
                 evaluated = False
-                if (t.eval_every and step % t.eval_every == 0) or last_step:
-                    last_val, _ = evaluate()
-                    evaluated = True
-                    if math.isfinite(last_val) and (best_val is None or last_val < best_val):
-                        best_val, evals_since_best = last_val, 0
+                if (t.eval_every and step % t.eval_every == 0) or epoch_end or last_step:
+                    eval_model.eval()
+                    result = task.evaluate(eval_model, _limited(val_loader, t.eval_batches), accelerator)
+                    eval_model.train()
+                    state.last_val_loss, evaluated = result[task.metric], True
+                    if math.isfinite(state.last_val_loss) and (state.best_val_loss is None
+                                                               or state.last_val_loss < state.best_val_loss):
+                        state.best_val_loss, state.evals_since_best = state.last_val_loss, 0
                     else:
-                        evals_since_best += 1
+                        state.evals_since_best += 1
                     if metrics:
-                        metrics.log({"step": step, "val_loss": last_val, "val_ppl": math.exp(min(last_val, 50)),
-                                     "val_bpb": last_val / math.log(2) / bytes_per_token})
+                        row = {"step": step, **{k: v for k, v in result.items() if k != "val_tokens"}}
+                        if aligned:
+                            row["epoch"] = round(train_loader.position / train_loader.num_items, 4)
+                        metrics.log(row)
+                    where = f" (epoch {train_loader.epoch})" if epoch_end else ""
                     if is_main and not quiet:
-                        bar.write(f"step {step}: val loss {last_val:.4f}, ppl {math.exp(min(last_val, 50)):.2f}, "
-                                  f"bpb {last_val / math.log(2) / bytes_per_token:.3f}", file=sys.stderr)
-                    if t.early_stopping and evals_since_best >= t.early_stopping:
+                        bar.write(f"step {step}{where}: {task.describe(result)}", file=sys.stderr)
+                    if t.early_stopping and state.evals_since_best >= t.early_stopping and not last_step:
                         log(f"early stopping: no better val loss in {t.early_stopping} evaluations")
-                        last_step = True
+                        last_step = state.stopped_early = True
 
-                # -- checkpoint once in a while, at the end, and when asked to stop
-                if (t.ckpt_every and step % t.ckpt_every == 0) or last_step or signum:
+                # -- checkpoint once in a while, at every epoch's end, at the end, and when asked to stop
+                if (t.ckpt_every and step % t.ckpt_every == 0) or epoch_end or last_step or signum:
                     last_ckpt = checkpoint("signal" if signum else "end" if last_step else "periodic",
-                                           last_val if evaluated else None)
+                                           state.last_val_loss if evaluated else None)
                 if signum:
                     exit_code = 128 + (signal.SIGINT if signum == signal.SIGINT else signal.SIGTERM)
                     log(f"stopped by {signal.Signals(signum).name} after step {step}; resume with --resume auto")
@@ -619,8 +693,20 @@ def train(cfg: TrainConfig, out: str | os.PathLike, resume: str | None = None, o
             log(f"(loss plot skipped: {e})")
         if exit_code == 0:
             best = find_checkpoint(out, "best") or last_ckpt
-            log(f"done: {step} steps, {tokens_seen:,} tokens in {seconds / 60:.1f} min; best val loss "
-                f"{best_val:.4f} (ppl {math.exp(min(best_val, 50)):.2f}); checkpoint {best}"
-                if best_val is not None else f"done: {step} steps; checkpoint {last_ckpt}")
+            bv = state.best_val_loss
+            log(f"done: {state.step} steps, {state.tokens:,} tokens in {seconds / 60:.1f} min; best val loss "
+                f"{bv:.4f} (ppl {math.exp(min(bv, 50)):.2f}); checkpoint {best}"
+                if bv is not None else f"done: {state.step} steps; checkpoint {last_ckpt}")
     accelerator.wait_for_everyone()
-    return RunResult(step, tokens_seen, best_val, last_val, last_ckpt, seconds, exit_code)
+    return RunResult(state.step, state.tokens, state.best_val_loss, state.last_val_loss, last_ckpt, seconds,
+                     exit_code)
+
+
+class _limited:
+    """A loader whose evaluation pass reads at most `max_batches` batches per rank, spread over the split."""
+
+    def __init__(self, loader, max_batches: int):
+        self.loader, self.max_batches = loader, max_batches or None
+
+    def iter_epoch(self):
+        return self.loader.iter_epoch(self.max_batches)

@@ -8,15 +8,9 @@ from pathlib import Path
 ORDER = 40
 
 
-def add_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
-        "train",
-        help="pretrain or fine-tune a GPT-2",
-        description="Train a GPT-2. Any config field can be set as --SECTION.FIELD VALUE "
-        "(e.g. --optim.lr 3e-4 --model.n_layer 6 --train.max_steps 1000); see docs/CONFIG.md.",
-        epilog="example: gpt2kit train --init gpt2 --data my_jokes.txt --out runs/jokes",
-    )
-    p.add_argument("--config", help="YAML file with model/data/optim/train sections (e.g. configs/debug.yaml)")
+def add_train_arguments(p: argparse.ArgumentParser) -> None:
+    """The flags `train` and `finetune` share (everything else is a --SECTION.FIELD config override)."""
+    p.add_argument("--config", help="YAML file with model/data/optim/train/finetune sections (e.g. configs/debug.yaml)")
     p.add_argument("--data", nargs="+", help="prepared data dir, or sources: files, dirs, jsonl/csv/parquet, "
                    "a dataset name, stdlib")
     p.add_argument("--tokenizer", help="gpt2, a tokenizer dir or tokenizer.json (default: the data's or init's)")
@@ -25,11 +19,23 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--resume", help="'auto' (the run's latest complete checkpoint, if any) or a checkpoint dir")
     p.add_argument("--overwrite", action="store_true", help="delete an existing run directory and start over")
     p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "train",
+        help="pretrain or fine-tune a GPT-2",
+        description="Train a GPT-2. Any config field can be set as --SECTION.FIELD VALUE "
+        "(e.g. --optim.lr 3e-4 --model.n_layer 6 --train.max_steps 1000); see docs/CONFIG.md.",
+        epilog="example: gpt2kit train --data stdlib --model.preset mini --out runs/stdlib",
+    )
+    add_train_arguments(p)
     p.set_defaults(func=run, accepts_overrides=True)
 
 
-def resolve_config(args: argparse.Namespace):
-    """Defaults < the run's saved config (when resuming) < --config file < flags and dotted overrides."""
+def resolve_config(args: argparse.Namespace, defaults: dict | None = None):
+    """Defaults (`defaults`: the command's own, dotted) < the run's saved config (when resuming) < --config
+    file < flags and dotted overrides."""
     from gpt2kit.config import build_config, load_yaml, parse_overrides
 
     overrides = parse_overrides(args.overrides or [])
@@ -39,15 +45,19 @@ def resolve_config(args: argparse.Namespace):
         overrides["data.tokenizer"] = args.tokenizer
     if args.init:
         overrides["model.init"] = args.init
-    base = None
     saved = Path(args.out) / "config.yaml"
     if args.resume and saved.exists():
         base = build_config(load_yaml(saved))
+    else:
+        base = build_config(None, defaults) if defaults else None
     file_values = load_yaml(args.config) if args.config else None
     return build_config(file_values, overrides, base=base)
 
 
 def run(args: argparse.Namespace) -> int:
+    from gpt2kit.errors import set_flag_style
+
+    set_flag_style("config")
     cfg = resolve_config(args)
     if args.print_config:
         print(cfg.to_yaml(), end="")
