@@ -279,6 +279,56 @@ def test_prompt_truncation_policies(tok):
 # ---------------------------------------------------------------- batching, cancelling, limits
 
 
+class DigitsTokenizer:
+    """Enough of a tokenizer for the engine: ids print as numbers; no EOS."""
+
+    eos_id = None
+
+    def decode(self, ids) -> str:
+        return "".join(f" {i}" for i in ids)
+
+
+@pytest.mark.parametrize("kw", [dict(), dict(rope=True, n_kv_head=1, sliding_window=6)], ids=["gpt2", "options"])
+def test_rows_joining_and_leaving_the_batch_equal_each_row_alone(kw):
+    """Drive the engine step by step: rows join a running batch (shorter and longer than what it
+    holds), others finish and leave, the cache fills up to the context and is trimmed; every row's
+    tokens equal `generate_ids` of that row alone with the same generator."""
+    import asyncio
+
+    from gpt2kit.generate import _TextRow, generate_ids, row_generator
+    from gpt2kit.model import GPT, GPTConfig
+    from gpt2kit.serve import Job, Row, Sampling
+
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(n_layer=2, n_head=2, n_embd=32, block_size=32, vocab_size=97, **kw)).eval()
+    with torch.no_grad():
+        model.transformer.wte.weight.mul_(8)
+    tok = DigitsTokenizer()
+    engine = Engine(model, tok, Limits(max_tokens=31, max_batch=4))
+    job = Job(asyncio.new_event_loop())
+    g = torch.Generator().manual_seed(3)
+    specs = [  # (step it arrives at, prompt length, max_tokens, sampling)
+        (0, 20, 10, Sampling(temperature=0)),
+        (0, 5, 8, Sampling(temperature=0.9, top_k=10)),
+        (3, 2, 29, Sampling(temperature=1.0, top_p=0.8)),
+        (5, 27, 4, Sampling(temperature=0, repetition_penalty=1.5)),  # longer than the batch: shifts it
+        (9, 1, 30, Sampling(temperature=0.7)),
+    ]
+    rows = [Row(job, i, torch.randint(0, 97, (n,), generator=g).tolist(), m, s, row_generator(1, i, 0),
+                _TextRow(tok, []), None, 97) for i, (_, n, m, s) in enumerate(specs)]
+    with torch.inference_mode():
+        for step in range(60):
+            engine._iterate([r for (at, *_), r in zip(specs, rows) if at == step])
+    assert all(r.finish == "length" for r in rows) and engine.rows == []
+    assert engine.stats["max_batch_seen"] == 4
+    for i, ((_, _, m, s), r) in enumerate(zip(specs, rows)):
+        alone = generate_ids(model, [r.prompt], m, temperature=s.temperature, top_k=s.top_k, top_p=s.top_p,
+                             repetition_penalty=s.repetition_penalty, generator=[row_generator(1, i, 0)],
+                             prompt_lookup=0)
+        assert r.text.ids == alone[0].tolist(), f"row {i}"
+
+
+
 def test_a_short_request_joins_a_running_batch_and_leaves_first(server, model_dir, capsys):
     """Continuous batching: a short request arriving while a long one decodes is answered at once
     (it does not wait for the long one), and still equals `gpt2kit generate`."""
