@@ -390,6 +390,51 @@ def test_the_official_openai_client_works_against_it(server):
         client.completions.create(model=model, prompt="Hello", temperature=-1)
 
 
+# ---------------------------------------------------------------- the playground
+
+CHROMIUM = Path("/usr/bin/chromium")  # Debian's package; Playwright's own browser downloads are not used
+
+
+def test_playground_streams_in_headless_chromium(server, tmp_path):
+    """Chromium loads /, a prompt is typed, Generate pressed: the text streams in (many DOM updates),
+    equals the API's completion for the same seed, and the stats line counts the tokens."""
+    if not CHROMIUM.exists():
+        pytest.skip(f"no {CHROMIUM} (Debian: apt-get install chromium)")
+    sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed (pip install playwright)")
+    settings = dict(prompt="Once upon a time", max_tokens=48, seed=42, temperature=0.8)
+    with sync_api.sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=[
+            "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+            "--disable-component-update", "--disable-sync", "--no-first-run"])
+        try:
+            page = browser.new_page(viewport={"width": 1100, "height": 560})
+            page.goto(server.url + "/")
+            page.wait_for_function("document.getElementById('model').textContent.includes('tiny')")
+            page.fill("#prompt", settings["prompt"])
+            page.fill("#seed", str(settings["seed"]))
+            page.eval_on_selector("#max_tokens", "(e, v) => { e.value = v; e.dispatchEvent(new Event('input')); }",
+                                  settings["max_tokens"])
+            page.eval_on_selector("#temperature", "(e, v) => { e.value = v; e.dispatchEvent(new Event('input')); }",
+                                  settings["temperature"])
+            page.evaluate("""() => { window.updates = 0; new MutationObserver(() => window.updates++)
+                .observe(document.getElementById('output'), {subtree: true, childList: true, characterData: true}); }""")
+            page.click("#generate")
+            page.wait_for_selector("#output[data-state=done]", timeout=30_000)
+            text = page.text_content("#completion")
+            stats = page.text_content("#stats")
+            updates = page.evaluate("window.updates")
+            shot = Path(os.environ.get("GPT2KIT_ARTIFACTS", tmp_path)) / "playground.png"
+            shot.parent.mkdir(parents=True, exist_ok=True)
+            page.screenshot(path=str(shot))
+        finally:
+            browser.close()
+    want = server.post(settings).json()["choices"][0]["text"]
+    assert text == want and text
+    assert updates > 10  # the text arrived piece by piece
+    assert stats.startswith(f"{settings['max_tokens']} tokens") and "tok/s" in stats and "length" in stats
+    assert shot.stat().st_size > 10_000
+
+
 # ---------------------------------------------------------------- the command
 
 
