@@ -296,6 +296,23 @@ def tokenizer_source(src: str | os.PathLike) -> str | None:
     return None
 
 
+def run_config(src: str | os.PathLike):
+    """The TrainConfig a local run or checkpoint was trained with (its config.yaml), or None (e.g. an HF dir)."""
+    from gpt2kit.config import build_config, load_yaml
+
+    path = Path(src).expanduser()
+    if not path.is_dir():
+        return None
+    path = resolve_local(path)
+    for candidate in (path / "config.yaml", path.parent.parent / "config.yaml"):
+        if candidate.is_file():
+            try:
+                return build_config(load_yaml(candidate))
+            except UserError:
+                return None  # written by another version: the model still loads, without its training config
+    return None
+
+
 def load_checkpoint_state(directory: Path) -> tuple[dict, dict | None]:
     """(state.json, optimizer state or None) of a verified checkpoint, loaded safely."""
     verify_checkpoint(directory)

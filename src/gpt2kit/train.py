@@ -279,7 +279,7 @@ def build_model(cfg: TrainConfig, vocab_size: int, resumed_from: Path | None) ->
     """From a checkpoint we resume, from --init weights, or fresh from the preset + overrides."""
     m = cfg.model
     if resumed_from is not None:
-        model = load_gpt2kit_dir(resumed_from)
+        model = load_gpt2kit_dir(resumed_from, merge=False)  # LoRA resumes with its adapters apart
         changed = sorted(k for k, v in m.overrides().items()
                          if k not in ("dropout", "vocab_size") and getattr(model.config, k) != v)
         if changed:

@@ -35,7 +35,24 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--tokenizer", help="tokenizer to use when none is saved with the model")
     p.add_argument("--device", default="auto", help="cpu, cuda, mps or auto (default)")
     p.add_argument("--json", action="store_true", help="print one JSON object per completion")
+    p.add_argument("--template", help="write each prompt into this template first, e.g. 'Q: {prompt}\\nA:' "
+                   "(default: the run's data.prompt_template when it was trained on prompt/completion pairs)")
+    p.add_argument("--no-template", action="store_true", help="use the prompts as they are")
     p.set_defaults(func=run)
+
+
+def prompt_template(args: argparse.Namespace) -> str | None:
+    """--template, else the template a prompt/completion run was trained with (from its checkpoint's config)."""
+    if args.no_template:
+        return None
+    if args.template is not None:
+        return args.template
+    from gpt2kit.checkpoint import run_config
+
+    cfg = run_config(args.model)
+    if cfg is not None and cfg.data.format == "prompt_completion":
+        return cfg.data.prompt_template
+    return None
 
 
 def read_prompts(args: argparse.Namespace) -> list[str]:
@@ -73,6 +90,13 @@ def run(args: argparse.Namespace) -> int:
     if args.prompt_lookup is not None and args.prompt_lookup < 0:
         raise UserError(f"--prompt-lookup must be >= 0 (0 = off), got {args.prompt_lookup}")
     prompts = read_prompts(args)
+    template = prompt_template(args)
+    if template is not None:
+        from gpt2kit.data import apply_template
+
+        prompts = [apply_template(template, p) for p in prompts]
+        if template != "{prompt}":
+            print(f"prompt template: {template!r} (--no-template to turn it off)", file=sys.stderr)
     model, tok = load_model_and_tokenizer(args.model, args.tokenizer, args.device)
     out = sys.stdout
     single = len(prompts) * args.num_samples == 1 and not args.json
