@@ -62,6 +62,8 @@ def save_model_files(model: GPT, directory: Path, state_dict: dict | None = None
     meta = {"architecture": ARCHITECTURE, "gpt2kit_version": __version__, **model.config.to_dict()}
     if finetune is not None:
         meta["finetune"] = finetune
+    if getattr(model, "labels", None) is not None:
+        meta["classifier"] = {"labels": list(model.labels)}
     (directory / "config.json").write_text(json.dumps(meta, indent=2) + "\n")
 
 
@@ -218,6 +220,7 @@ def load_gpt2kit_dir(directory: Path, merge: bool = True) -> GPT:
     meta.pop("architecture", None)
     meta.pop("gpt2kit_version", None)
     finetune = meta.pop("finetune", None)
+    labels = meta.pop("classifier", {}).get("labels")
     config = GPTConfig.from_dict(meta)
     try:
         sd = load_file(directory / "model.safetensors")
@@ -227,7 +230,7 @@ def load_gpt2kit_dir(directory: Path, merge: bool = True) -> GPT:
         from gpt2kit.finetune import load_partial
 
         return load_partial(directory, finetune, sd, merge=merge).eval()
-    return load_state(empty_model(config), sd, str(directory)).eval()
+    return load_state(empty_model(config, labels), sd, str(directory)).eval()
 
 
 def resolve_local(src: Path) -> Path:

@@ -50,6 +50,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: unrecognized arguments: {' '.join(extra)}; see `gpt2kit {args.command} --help`", file=sys.stderr)
         return 2
     args.overrides = extra
+    from gpt2kit.errors import set_flag_style
+
+    set_flag_style("cli")  # commands with dotted config flags (train, finetune) switch it; a new call starts over
     try:
         rc = args.func(args)
     except UserError as e:

@@ -75,6 +75,11 @@ class DataArgs:
                                     "false for prompt_completion")
     prompt_column: str = _f("prompt", "prompt column of prompt_completion data")
     completion_column: str = _f("completion", "completion column of prompt_completion data")
+    label_column: str = _f("label", "label column for train.task classify (class names or integers)")
+    class_weights: str = _f("none", "classify: 'balanced' weighs each class by n / (k * n_class), for skewed data",
+                            choices=("none", "balanced"))
+    truncation_side: str = _f("left", "classify: which end of a text longer than the block is dropped (left "
+                                      "keeps the end, which the last token reads)", choices=("left", "right"))
     prompt_template: str = _f("{prompt}", "how a prompt is written before its completion, e.g. "
                                           "'Q: {prompt}\\nA:' ; `gpt2kit generate` applies the run's template")
 
@@ -97,6 +102,8 @@ class OptimArgs:
 
 @dataclass
 class TrainArgs:
+    task: str = _f("lm", "lm: next-token prediction; classify: a label per text (a score head on the last "
+                         "token; data.text_column + data.label_column)", choices=("lm", "classify"))
     max_steps: int | None = _f(None, "optimizer steps; null = 1000, or what train.epochs gives", min=1)
     epochs: float | None = _f(None, "passes over the training data (instead of max_steps); evaluates and "
                                     "checkpoints at the end of every epoch", min=0.0, exclusive_min=True)

@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from gpt2kit.config import TrainConfig
-from gpt2kit.errors import UserError
+from gpt2kit.errors import UserError, flag
 from gpt2kit.loader import IGNORE_INDEX, ExampleLoader, PackedLoader, lm_example
 from gpt2kit.tokenizer import Tokenizer
 
@@ -37,6 +37,8 @@ class TrainData:
     summary: str  # one line for the log
     data_dir: Path | None = None  # the prepared directory, when there is one
     meta: dict | None = None
+    labels: list[str] | None = None  # classify: the label set, index = class id
+    class_weights: object = None  # classify: a (num_labels,) tensor, or None
 
 
 def packing_for(cfg: TrainConfig) -> bool:
@@ -110,7 +112,8 @@ def _prompt_completion_examples(cfg: TrainConfig, tokenizer: Tokenizer, block_si
     examples, keys, skipped = [], [], 0
     for spec in d.sources:
         name = Path(spec).name or spec
-        for i, row in enumerate(iter_rows(spec, [d.prompt_column, d.completion_column])):
+        for i, row in enumerate(iter_rows(spec, [d.prompt_column, d.completion_column],
+                                          column_keys=["data.prompt_column", "data.completion_column"])):
             prompt, completion = row[d.prompt_column], row[d.completion_column]
             if prompt is None or completion is None or (prompt == "" and completion == ""):
                 skipped += 1
@@ -137,6 +140,9 @@ def build_data(cfg: TrainConfig, tokenizer: Tokenizer, block_size: int, *, rank:
     aligned = t.epochs is not None
     pad = tokenizer.pad_id if tokenizer.pad_id is not None else tokenizer.eos_id
     loader_args = dict(seed=t.seed, rank=rank, world_size=world)
+
+    if t.task == "classify":
+        return _classification_data(cfg, tokenizer, block_size, pad, aligned, loader_args)
 
     if d.format == "prompt_completion":
         examples, keys, skipped = _prompt_completion_examples(cfg, tokenizer, block_size)
@@ -171,3 +177,41 @@ def build_data(cfg: TrainConfig, tokenizer: Tokenizer, block_size: int, *, rank:
     train = ExampleLoader(train_ex, t.batch_size, pad_id=pad, epoch_aligned=aligned, **loader_args)
     val = ExampleLoader(val_ex, t.batch_size, pad_id=pad, shuffle=False, name="val", **loader_args)
     return TrainData(train, val, _target_bytes(tokenizer, val_ex), summary, data_dir, meta)
+
+
+def _classification_data(cfg: TrainConfig, tokenizer: Tokenizer, block_size: int, pad: int, aligned: bool,
+                         loader_args: dict) -> TrainData:
+    """Texts + labels -> left-padded (ids, mask, label) batches; a stratified, stable validation split."""
+    from collections import Counter
+
+    from gpt2kit.classify import (
+        class_weights,
+        collate_left,
+        empty_classify_batch,
+        encode,
+        read_examples,
+        stratified_split,
+    )
+
+    d, t = cfg.data, cfg.train
+    texts, labels, keys, names = read_examples(d.sources, d.text_column, d.label_column)
+    if len(names) < 2:
+        raise UserError(f"every example in {' '.join(d.sources)} has the label {names[0]!r}; a classifier needs "
+                        f"at least two classes in {flag('data.label_column')}")
+    held = stratified_split(keys, labels, d.val_fraction)
+    index = {name: i for i, name in enumerate(names)}
+    ids = encode(tokenizer, texts, block_size, d.truncation_side)
+    examples = [(x, index[y]) for x, y in zip(ids, labels)]
+    train_ex = [e for e, v in zip(examples, held) if not v]
+    val_ex = [e for e, v in zip(examples, held) if v] or train_ex
+    counts = Counter(y for _, y in train_ex)
+    weights = class_weights([y for _, y in train_ex], len(names)) if d.class_weights == "balanced" else None
+    kw = dict(collate=collate_left, empty=empty_classify_batch, targets=lambda ex: 1, **loader_args)
+    summary = (f"data: {len(train_ex):,} train / {len(val_ex):,} val examples, {len(names)} classes ("
+               + ", ".join(f"{n}: {counts[i]:,}" for i, n in enumerate(names[:8]))
+               + (", ..." if len(names) > 8 else "") + " in train)"
+               + (", balanced class weights" if weights is not None else "")
+               + (f", {sum(len(x) == block_size for x in ids):,} texts truncated to {block_size} tokens"))
+    return TrainData(ExampleLoader(train_ex, t.batch_size, pad_id=pad, epoch_aligned=aligned, **kw),
+                     ExampleLoader(val_ex, t.batch_size, pad_id=pad, shuffle=False, name="val", **kw),
+                     None, summary, labels=names, class_weights=weights)

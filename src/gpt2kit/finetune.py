@@ -37,7 +37,15 @@ def _matches(name: str, part: str) -> bool:
 
 
 def apply_mode(model: GPT, args: FinetuneArgs) -> GPT:
-    """Make only what `args.mode` trains require gradients (and add LoRA adapters); returns the model."""
+    """Make only what `args.mode` trains require gradients (and add LoRA adapters); returns the model.
+    A classifier's head (`score`, new and small) trains in every mode."""
+    model = _apply_mode(model, args)
+    if hasattr(model, "score"):
+        model.score.weight.requires_grad_(True)
+    return model
+
+
+def _apply_mode(model: GPT, args: FinetuneArgs) -> GPT:
     if args.mode == "full":
         for p in model.parameters():
             p.requires_grad_(True)

@@ -87,7 +87,7 @@ def state_dict_from_hf(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     for key, value in sd.items():
         if key.endswith(_IGNORED_SUFFIXES):
             continue
-        if not key.startswith(("transformer.", "lm_head.")):
+        if not key.startswith(("transformer.", "lm_head.", "score.")):
             key = "transformer." + key  # GPT2Model checkpoints (e.g. OpenAI's original) lack the prefix
         out[key] = value.t().contiguous() if key.endswith(CONV1D) else value
     return out
@@ -112,12 +112,15 @@ def state_dict_to_hf(sd: dict[str, torch.Tensor], config: GPTConfig) -> dict[str
     return out
 
 
-def empty_model(config: GPTConfig) -> GPT:
-    """A GPT with uninitialised CPU weights (no time spent on random init before loading)."""
+def empty_model(config: GPTConfig, labels: list[str] | None = None) -> GPT:
+    """A GPT (a GPTClassifier when `labels` are given) with uninitialised CPU weights (no time spent on
+    random init before loading)."""
+    from gpt2kit.classify import GPTClassifier
+
     with torch.device("meta"):
-        model = GPT(config)
+        model = GPT(config) if labels is None else GPTClassifier(config, labels)
     model = model.to_empty(device="cpu")
-    if config.tie_embeddings:
+    if config.tie_embeddings and labels is None:
         model.lm_head.weight = model.transformer.wte.weight
     if model.rotary is not None:  # non-persistent buffer: recompute, it is not in any state dict
         from gpt2kit.model import RotaryEmbedding
@@ -176,7 +179,11 @@ def load_hf_dir(directory: str | os.PathLike) -> GPT:
     except (OSError, json.JSONDecodeError) as e:
         raise UserError(f"cannot read {directory / 'config.json'}: {e}") from None
     config = config_from_hf(hf_config)
-    model = empty_model(config)
+    labels = None
+    if "GPT2ForSequenceClassification" in (hf_config.get("architectures") or []):
+        id2label = hf_config.get("id2label") or {}
+        labels = [str(id2label.get(str(i), id2label.get(i, i))) for i in range(len(id2label))]
+    model = empty_model(config, labels)
     load_state(model, state_dict_from_hf(read_weights(directory)), str(directory))
     return model.eval()
 
@@ -204,6 +211,13 @@ def export(model: GPT, out: str | os.PathLike, tokenizer=None, overwrite: bool =
         raise UserError(f"{out} exists and is not empty; choose another --out or pass --overwrite")
     eos_id = getattr(tokenizer, "eos_id", None)
     hf_config = config_to_hf(model.config, eos_id)
+    labels = getattr(model, "labels", None)
+    if labels is not None:  # a classifier: transformers finds each row's last token as the last non-pad one
+        hf_config.architectures = ["GPT2ForSequenceClassification"]
+        hf_config.num_labels = len(labels)
+        hf_config.id2label = dict(enumerate(labels))
+        hf_config.label2id = {name: i for i, name in enumerate(labels)}
+        hf_config.pad_token_id = hf_config.eos_token_id
     sd = {k: v.detach().to("cpu", torch.float32) for k, v in model.state_dict().items()}
     sd = state_dict_to_hf(sd, model.config)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -211,11 +225,11 @@ def export(model: GPT, out: str | os.PathLike, tokenizer=None, overwrite: bool =
     try:
         hf_config.save_pretrained(tmp)
         save_file(sd, tmp / "model.safetensors", metadata={"format": "pt"})
-        if eos_id is not None:
+        if eos_id is not None and labels is None:
             gen = {"bos_token_id": eos_id, "eos_token_id": eos_id, "pad_token_id": eos_id}
             (tmp / "generation_config.json").write_text(json.dumps(gen, indent=2) + "\n")
         if tokenizer is not None:
-            tokenizer.save(tmp)
+            tokenizer.save(tmp, padding_side="left" if labels is not None else None)
         replace_dir(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)

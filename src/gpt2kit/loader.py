@@ -261,11 +261,16 @@ class ExampleLoader:
     never looks right, so right padding needs no attention mask and changes no real position's logits."""
 
     def __init__(self, examples, batch_size: int, *, pad_id: int, seed: int = 0, rank: int = 0,
-                 world_size: int = 1, shuffle: bool = True, epoch_aligned: bool = False, name: str = "train"):
+                 world_size: int = 1, shuffle: bool = True, epoch_aligned: bool = False, name: str = "train",
+                 collate=None, empty=None, targets=None):
         _check_sizes(1, batch_size, rank, world_size)
         if len(examples) == 0:
             raise UserError(f"the {name} split has no examples; add data")
         self.examples, self.batch_size, self.pad_id = examples, batch_size, pad_id
+        # Other example kinds (classification: left padded, a label per row) bring their own batching.
+        self.collate = collate or collate_examples
+        self.empty = empty or empty_batch
+        self.targets = targets or (lambda ex: int((np.asarray(ex[1]) != IGNORE_INDEX).sum()))
         self.seed, self.rank, self.world_size, self.shuffle = seed, rank, world_size, shuffle
         self.epoch_aligned = epoch_aligned
         self.stream = BlockStream(len(examples), seed, shuffle)
@@ -290,18 +295,18 @@ class ExampleLoader:
     def next_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
         ids, self.position = next_slice(self.stream, self.position, self.rank, self.batch_size, self.world_size,
                                         self.epoch_aligned)
-        return collate_examples(self.pad_id, [self.examples[i] for i in ids.tolist()]) if len(ids) else empty_batch()
+        return self.collate(self.pad_id, [self.examples[i] for i in ids.tolist()]) if len(ids) else self.empty()
 
     def iter_epoch(self, max_batches: int | None = None) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """Every example once, in order, rank r taking examples r, r + W, ...; with `max_batches`, an even
         spread over the split (for evaluation; the state is untouched)."""
         for ids in _eval_ids(len(self.examples), self.rank, self.world_size, self.batch_size, max_batches):
-            yield collate_examples(self.pad_id, [self.examples[j] for j in ids.tolist()])
+            yield self.collate(self.pad_id, [self.examples[j] for j in ids.tolist()])
 
     def eval_tokens(self, max_batches: int | None = None) -> tuple[int, int]:
         """(target tokens an evaluation with `max_batches` reads, target tokens in the split)."""
         def targets(ids) -> int:
-            return sum(int((np.asarray(self.examples[i][1]) != IGNORE_INDEX).sum()) for i in ids)
+            return sum(self.targets(self.examples[i]) for i in ids)
         n = len(self.examples)
         chosen = [i for r in range(self.world_size) for b in _eval_ids(n, r, self.world_size, self.batch_size,
                                                                      max_batches) for i in b.tolist()]

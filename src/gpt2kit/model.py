@@ -288,6 +288,17 @@ class GPT(nn.Module):
         attention_mask: (B, S) with 1 for real tokens and 0 for (left) padding, S = cached + T.
         cache: a KVCache; new keys/values are appended and `cache.pos` advances by T.
         """
+        return self.lm_head(self.hidden(idx, attention_mask=attention_mask, position_ids=position_ids, cache=cache))
+
+    def hidden(
+        self,
+        idx: torch.Tensor,
+        *,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None,
+        cache: KVCache | None = None,
+    ) -> torch.Tensor:
+        """The final hidden states (B, T, n_embd), after ln_f: what a head (LM or classifier) reads."""
         B, T = idx.size()
         offset = cache.pos if cache is not None else 0
         if not self.config.rope and offset + T > self.config.block_size:
@@ -312,7 +323,7 @@ class GPT(nn.Module):
                 x = block(x, rope, mask, causal, cache, i)
         if cache is not None:
             cache.pos += T
-        return self.lm_head(self.transformer.ln_f(x))
+        return self.transformer.ln_f(x)
 
     def _attention_mask(self, T: int, offset: int, attention_mask, device):
         """(mask, is_causal) for SDPA: None + is_causal when plain causal attention suffices."""

@@ -353,9 +353,9 @@ class MissingColumn(UserError):
     """A table without the text column (skipped inside directories, an error for a named file)."""
 
 
-def _unknown_column(column: str, names: Sequence[str], where) -> str:
+def _unknown_column(column: str, names: Sequence[str], where, key: str = "data.text_column") -> str:
     return (f"no column {column!r} in {where}; columns found: {', '.join(map(str, names)) or 'none'} "
-            f"(use {flag('data.text_column')})")
+            f"(use {flag(key)})")
 
 
 class Corpus:
@@ -459,10 +459,12 @@ def source_options(args) -> dict:
     }
 
 
-def iter_rows(sources: Sequence[str] | str, columns: Sequence[str], **options) -> Iterator[dict]:
+def iter_rows(sources: Sequence[str] | str, columns: Sequence[str], *, column_keys: Sequence[str] | None = None,
+              **options) -> Iterator[dict]:
     """Rows of table files / datasets holding every column in `columns` (for supervised pairs).
 
-    A missing column is a UserError that lists the columns found."""
+    A missing column is a UserError that lists the columns found and names the config key that sets it
+    (`column_keys[i]` for `columns[i]`, e.g. "data.label_column")."""
     if isinstance(sources, (str, os.PathLike)):
         sources = [str(sources)]
     options = {k: v for k, v in options.items() if v is not None and k in ("streaming", "split", "limit")}
@@ -480,7 +482,8 @@ def iter_rows(sources: Sequence[str] | str, columns: Sequence[str], **options) -
         for row in rows:
             missing = [c for c in columns if not isinstance(row, dict) or c not in row]
             if missing:
-                raise UserError(_unknown_column(missing[0], list(row) if isinstance(row, dict) else [], spec))
+                key = column_keys[list(columns).index(missing[0])] if column_keys else "data.text_column"
+                raise UserError(_unknown_column(missing[0], list(row) if isinstance(row, dict) else [], spec, key))
             if limit is not None and n >= limit:
                 return
             n += 1

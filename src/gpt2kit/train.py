@@ -388,17 +388,32 @@ def is_partial(cfg: TrainConfig) -> bool:
     return cfg.finetune.mode in PARTIAL_MODES
 
 
-def prepare_model(cfg: TrainConfig, vocab_size: int, resume_ckpt: Path | None) -> tuple[GPT, dict | None]:
-    """(the model to train with its fine-tuning mode applied, the starting weights to keep in RUN/base for a
-    partial mode started now)."""
+def check_resume_mode(cfg: TrainConfig, resume_ckpt: Path | None) -> None:
+    if resume_ckpt is None:
+        return
+    saved = json.loads((resume_ckpt / "config.json").read_text()).get("finetune", {}).get("mode", "full")
+    if saved != cfg.finetune.mode:
+        raise UserError(f"finetune.mode is {cfg.finetune.mode} but the checkpoint being resumed was trained with "
+                        f"{saved}; resume with the same mode or start a new --out")
+
+
+def finish_model(cfg: TrainConfig, model: GPT, labels: list[str] | None, resume_ckpt: Path | None
+                 ) -> tuple[GPT, dict | None]:
+    """(the model to train: a classifier head added for train.task classify, the fine-tuning mode applied;
+    the starting weights to keep in RUN/base when a partial mode starts now)."""
+    from gpt2kit.classify import GPTClassifier
     from gpt2kit.finetune import apply_mode
 
-    if resume_ckpt is not None:
-        saved = json.loads((resume_ckpt / "config.json").read_text()).get("finetune", {}).get("mode", "full")
-        if saved != cfg.finetune.mode:
-            raise UserError(f"finetune.mode is {cfg.finetune.mode} but the checkpoint being resumed was trained with "
-                            f"{saved}; resume with the same mode or start a new --out")
-    model = build_model(cfg, vocab_size, resume_ckpt)
+    if cfg.train.task == "classify":
+        if isinstance(model, GPTClassifier):
+            if model.labels != labels:
+                raise UserError(f"the model classifies into {', '.join(model.labels)} but the data's labels are "
+                                f"{', '.join(labels)}; use data with the same labels, or --init a language model")
+        else:
+            model = GPTClassifier.from_lm(model, labels)  # a fresh head from the seeded RNG
+    elif isinstance(model, GPTClassifier):
+        raise UserError("the model is a classifier; fine-tune it with --task classify (train.task classify), "
+                        "or --init a language model")
     base = None
     if resume_ckpt is None and is_partial(cfg):
         base = dict(model.state_dict())  # the same tensors: written to RUN/base before any step changes them
@@ -412,6 +427,7 @@ def train(cfg: TrainConfig, out: str | os.PathLike, resume: str | None = None, o
     from accelerate import Accelerator
     from accelerate.utils import DistributedType, gather_object
 
+    from gpt2kit.classify import ClassifyTask, plot_confusion
     from gpt2kit.data import build_data
     from gpt2kit.finetune import base_sha256, describe, finetune_meta, partial_state_dict, trainable_names
     from gpt2kit.prepare import check_vocab
@@ -445,14 +461,17 @@ def train(cfg: TrainConfig, out: str | os.PathLike, resume: str | None = None, o
     prepared_hint = first if first is not None and len(cfg.data.sources) == 1 and (first / "meta.json").exists() else None
     tokenizer = load_tokenizer_for(cfg, prepared_hint)
     seed_everything(t.seed)  # same init on every rank
-    model, base_weights = prepare_model(cfg, tokenizer.vocab_size, resume_ckpt)
+    check_resume_mode(cfg, resume_ckpt)
+    model = build_model(cfg, tokenizer.vocab_size, resume_ckpt)
     block_size = model.config.block_size
     data = build_data(cfg, tokenizer, block_size, rank=rank, world=world,
                       run_first=lambda fn: main_first(accelerator, fn))
     if data.meta is not None:
         check_init_tokenizer(cfg, data.meta, data.data_dir, resume_ckpt)
         check_vocab(data.meta["vocab_size"], model.config.vocab_size, f"the data in {data.data_dir}")
-    task = LMTask(data.bytes_per_token)
+    model, base_weights = finish_model(cfg, model, data.labels, resume_ckpt)
+    classify = t.task == "classify"
+    task = ClassifyTask(data.labels, data.class_weights) if classify else LMTask(data.bytes_per_token)
     train_loader, val_loader = data.train, data.val
     B, A = t.batch_size, t.grad_accum
     max_steps, steps_per_epoch = plan_steps(t, train_loader.batches_per_epoch)
@@ -515,7 +534,8 @@ def train(cfg: TrainConfig, out: str | os.PathLike, resume: str | None = None, o
     log(data.summary)
     evaluated_tokens, val_total = val_loader.eval_tokens(t.eval_batches or None)
     log(f"validation: {'all ' if evaluated_tokens == val_total else 'a fixed sample of '}{evaluated_tokens:,}"
-        + ("" if evaluated_tokens == val_total else f" of {val_total:,}") + " target tokens per evaluation")
+        + ("" if evaluated_tokens == val_total else f" of {val_total:,}")
+        + (" examples" if classify else " target tokens") + " per evaluation")
     log(f"device: {device} x{world}, precision: {mixed}, global batch {B * A * world} x {block_size} tokens")
     if aligned:
         log(f"1 epoch = {steps_per_epoch} steps; {t.epochs:g} epochs = {max_steps} steps "
@@ -525,8 +545,9 @@ def train(cfg: TrainConfig, out: str | os.PathLike, resume: str | None = None, o
             f"{effective_warmup(optim.warmup_steps, max_steps)} steps instead")
 
     # Matmul parameters: everything but the embeddings, plus the output layer (tied or not).
+    head = getattr(raw_model, "lm_head", None)  # a classifier has none
     matmul_params = num_params(raw_model, exclude_embeddings=True) + (
-        raw_model.lm_head.weight.numel() if raw_model.config.tie_embeddings else 0)
+        head.weight.numel() if head is not None and raw_model.config.tie_embeddings else 0)
     fpt = flops_per_token(matmul_params, raw_model.config.n_layer, raw_model.config.n_embd, block_size)
     peak = peak_flops(device, torch.float32 if mixed == "no" else torch.bfloat16) * world
 
@@ -558,7 +579,7 @@ def train(cfg: TrainConfig, out: str | os.PathLike, resume: str | None = None, o
         return path
 
     # ---- the loop
-    last_ckpt = None
+    last_ckpt, last_result = None, None
     exit_code = 0
     model.train()
     from tqdm.auto import tqdm
@@ -649,7 +670,7 @@ def train(cfg: TrainConfig, out: str | os.PathLike, resume: str | None = None, o
                 evaluated = False
                 if (t.eval_every and step % t.eval_every == 0) or epoch_end or last_step:
                     eval_model.eval()
-                    result = task.evaluate(eval_model, _limited(val_loader, t.eval_batches), accelerator)
+                    result = last_result = task.evaluate(eval_model, _limited(val_loader, t.eval_batches), accelerator)
                     eval_model.train()
                     state.last_val_loss, evaluated = result[task.metric], True
                     if math.isfinite(state.last_val_loss) and (state.best_val_loss is None
@@ -658,7 +679,8 @@ def train(cfg: TrainConfig, out: str | os.PathLike, resume: str | None = None, o
                     else:
                         state.evals_since_best += 1
                     if metrics:
-                        row = {"step": step, **{k: v for k, v in result.items() if k != "val_tokens"}}
+                        row = {"step": step, **{k: v for k, v in result.items()
+                                                if k not in ("val_tokens", "val_examples")}}
                         if aligned:
                             row["epoch"] = round(train_loader.position / train_loader.num_items, 4)
                         metrics.log(row)
@@ -689,14 +711,20 @@ def train(cfg: TrainConfig, out: str | os.PathLike, resume: str | None = None, o
             from gpt2kit.plot import plot_runs
 
             plot_runs([out], out / "loss.png")
+            if classify and task.confusion is not None:
+                plot_confusion(task.confusion, data.labels, out / "confusion.png",
+                               f"validation confusion matrix, step {state.step}")
         except Exception as e:  # a plot must never cost a finished run
-            log(f"(loss plot skipped: {e})")
+            log(f"(plot skipped: {e})")
         if exit_code == 0:
             best = find_checkpoint(out, "best") or last_ckpt
             bv = state.best_val_loss
-            log(f"done: {state.step} steps, {state.tokens:,} tokens in {seconds / 60:.1f} min; best val loss "
-                f"{bv:.4f} (ppl {math.exp(min(bv, 50)):.2f}); checkpoint {best}"
-                if bv is not None else f"done: {state.step} steps; checkpoint {last_ckpt}")
+            seen = f"{state.tokens:,} {'examples' if classify else 'tokens'}"
+            quality = (f"ppl {math.exp(min(bv, 50)):.2f}" if not classify else
+                       f"last evaluation: {task.describe(last_result)}; confusion matrix {out / 'confusion.png'}"
+                       if last_result else "")
+            log(f"done: {state.step} steps, {seen} in {seconds / 60:.1f} min; best val loss {bv:.4f} ({quality}); "
+                f"checkpoint {best}" if bv is not None else f"done: {state.step} steps; checkpoint {last_ckpt}")
     accelerator.wait_for_everyone()
     return RunResult(state.step, state.tokens, state.best_val_loss, state.last_val_loss, last_ckpt, seconds,
                      exit_code)

@@ -37,14 +37,17 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "finetune",
         help="fine-tune a pretrained GPT-2 on your examples (train with fine-tuning defaults)",
         description="Fine-tune a GPT-2 (--init) on a text file (one example per line or paragraph), a table "
-        "of examples (--data.text_column) or prompt/completion pairs (--data.format prompt_completion). "
+        "of examples (--data.text_column), prompt/completion pairs (--data.format prompt_completion), or "
+        "labelled texts (--task classify). "
         "Defaults: 3 epochs, lr 5e-5 (2e-4 with --finetune.mode lora), 3%% warmup, dropout 0.1, 10%% of the "
         "examples held out, evaluation + checkpoint every epoch, early stopping, best checkpoint kept. "
         "Any config field can be set as --SECTION.FIELD VALUE; see docs/CONFIG.md.",
         epilog="example: gpt2kit finetune --init gpt2 --data jokes.txt --out runs/jokes --finetune.mode lora",
     )
     add_train_arguments(p)
-    p.add_argument("--task", default="lm", choices=["lm"], help="what is learned: lm = next-token prediction")
+    p.add_argument("--task", choices=["lm", "classify"],
+                   help="what is learned: lm = next-token prediction (default); classify = a label per text "
+                   "(data.text_column + data.label_column; `gpt2kit predict` then labels new texts)")
     p.set_defaults(func=run, accepts_overrides=True)
 
 
@@ -54,6 +57,8 @@ def resolve_finetune_config(args: argparse.Namespace):
     from gpt2kit.commands.train import resolve_config
     from gpt2kit.config import build_config, load_yaml, parse_overrides
 
+    if args.task:
+        args.overrides = [*(args.overrides or []), "--train.task", args.task]
     given = dict(parse_overrides(list(args.overrides or [])))
     if args.config:
         for section, values in load_yaml(args.config).items():
