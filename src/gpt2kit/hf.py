@@ -217,7 +217,10 @@ def export(model: GPT, out: str | os.PathLike, tokenizer=None, overwrite: bool =
         hf_config.num_labels = len(labels)
         hf_config.id2label = dict(enumerate(labels))
         hf_config.label2id = {name: i for i, name in enumerate(labels)}
-        hf_config.pad_token_id = hf_config.eos_token_id
+        # the pad id the exported tokenizer pads with (EOS when it has none): transformers skips that id to
+        # find the last token, so another id would read a pad as the last token of a right-padded row
+        pad_id = getattr(tokenizer, "pad_id", None)
+        hf_config.pad_token_id = hf_config.eos_token_id if pad_id is None else pad_id
     sd = {k: v.detach().to("cpu", torch.float32) for k, v in model.state_dict().items()}
     sd = state_dict_to_hf(sd, model.config)
     out.parent.mkdir(parents=True, exist_ok=True)

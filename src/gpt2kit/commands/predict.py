@@ -132,6 +132,8 @@ def run(args: argparse.Namespace) -> int:
                 flush()
         if chunk:
             flush()
+        if done == 0 and args.data:  # before the rename: a failed run must not replace an earlier --out file
+            raise UserError(f"no texts in {path}; check the file and --text-column")
         if writer:
             sink.close()
             tmp.replace(out_path)
@@ -142,8 +144,6 @@ def run(args: argparse.Namespace) -> int:
         raise
     finally:
         bar.close()
-    if done == 0 and args.data:
-        raise UserError(f"no texts in {path}; check the file and --text-column")
     if scored:
         import numpy as np
 
