@@ -436,6 +436,7 @@ def train(cfg: TrainConfig, out: str | os.PathLike, resume: str | None = None, o
     t_start = time.time()
     out = Path(out)
     t = cfg.train
+    plan_steps(t, 1)  # train.epochs together with train.max_steps: say so before any data is prepared
     device_type = "cuda" if torch.cuda.is_available() else "cpu"
     mixed = resolve_precision(t.precision, device_type)
     # Accelerate keeps its settings in a process-wide singleton; reset them so that train() can be
