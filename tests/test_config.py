@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from gpt2kit.cli import main
-from gpt2kit.config import build_config, load_yaml, parse_overrides, reference_markdown
+from gpt2kit.config import PRESETS_DIR, build_config, load_yaml, parse_overrides, reference_markdown
 from gpt2kit.errors import UserError
 from gpt2kit.model import GPT, GPTConfig
 from gpt2kit.train import get_lr, make_optimizer
@@ -49,7 +49,7 @@ def test_cli_bad_config_is_one_error_line(capsys, tmp_path):
     assert not (tmp_path / "r").exists()  # nothing written
 
 
-@pytest.mark.parametrize("path", sorted((ROOT / "configs").glob("*.yaml")), ids=lambda p: p.name)
+@pytest.mark.parametrize("path", sorted(PRESETS_DIR.glob("*.yaml")), ids=lambda p: p.name)
 def test_every_shipped_preset_loads_and_builds(path, capsys):
     assert main(["train", "--config", str(path), "--out", "unused", "--print-config"]) == 0
     cfg = build_config(load_yaml(path))
@@ -89,3 +89,38 @@ def test_weight_decay_only_on_matrices():
     assert id(model.transformer.wte.weight) in ids and id(model.transformer.wpe.weight) in ids
     n = sum(p.numel() for g in opt.param_groups for p in g["params"])
     assert n == sum(p.numel() for p in model.parameters())  # tied weight counted once
+
+
+def test_presets_by_name_and_listed(capsys, tmp_path):
+    assert main(["configs"]) == 0
+    listed = capsys.readouterr().out
+    assert all(name in listed for name in ("debug", "cpu-small", "gpt2-pretrain", "gpt2-finetune"))
+    for spelling in ("debug", "debug.yaml", "configs/debug.yaml"):  # from any directory
+        assert load_yaml(spelling) == load_yaml(PRESETS_DIR / "debug.yaml")
+    assert main(["configs", "debug"]) == 0 and "preset: tiny" in capsys.readouterr().out
+    binary = tmp_path / "weights.bin"
+    binary.write_bytes(bytes(range(256)) * 4)
+    for bad, needle in ((str(tmp_path / "nope.yaml"), "config file not found"), (str(binary), "not a text file")):
+        rc = main(["train", "--config", bad, "--out", str(tmp_path / "r"), "--data", "x"])
+        err = capsys.readouterr().err
+        assert rc == 2 and err.count("\n") == 1 and needle in err, err
+
+
+@pytest.mark.parametrize("habit, want", [
+    ("--learning_rate", "--optim.lr"), ("--per_device_train_batch_size", "--train.batch_size"),
+    ("--gradient_accumulation_steps", "--train.grad_accum"), ("--num_train_epochs", "--train.epochs"),
+    ("--output_dir", "--out"), ("--optim.learning_rate", "--optim.lr"), ("--max_iters", "--train.max_steps"),
+])
+def test_trainer_and_litgpt_habits_get_the_gpt2kit_name(habit, want, capsys, tmp_path):
+    rc = main(["train", "--data", "x", "--out", str(tmp_path / "r"), habit, "3"])
+    err = capsys.readouterr().err
+    assert rc == 2 and err.count("\n") == 1 and f"gpt2kit calls it {want}" in err, err
+
+
+def test_train_help_lists_every_field(capsys):
+    from gpt2kit.config import all_keys
+
+    with pytest.raises(SystemExit):
+        main(["finetune", "--help"])
+    out = capsys.readouterr().out
+    assert all(f"--{k} " in out for k in all_keys())

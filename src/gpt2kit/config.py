@@ -223,7 +223,43 @@ def _coerce(key: str, value: Any, tp: Any, meta: dict) -> Any:
     return out
 
 
+# What people type out of habit from transformers' Trainer / run_clm.py, nanoGPT and litgpt.
+ALIASES = {
+    "learning_rate": "optim.lr", "lr": "optim.lr", "min_lr": "optim.min_lr", "weight_decay": "optim.weight_decay",
+    "warmup_steps": "optim.warmup_steps", "warmup_iters": "optim.warmup_steps", "lr_warmup_steps": "optim.warmup_steps",
+    "warmup_ratio": "optim.warmup_fraction", "lr_scheduler_type": "optim.schedule", "max_grad_norm": "optim.grad_clip",
+    "grad_clip": "optim.grad_clip", "adam_beta1": "optim.beta1", "adam_beta2": "optim.beta2", "beta1": "optim.beta1",
+    "beta2": "optim.beta2", "adam_epsilon": "optim.eps",
+    "per_device_train_batch_size": "train.batch_size", "micro_batch_size": "train.batch_size",
+    "batch_size": "train.batch_size", "gradient_accumulation_steps": "train.grad_accum",
+    "num_train_epochs": "train.epochs", "epochs": "train.epochs", "max_steps": "train.max_steps",
+    "max_iters": "train.max_steps", "eval_steps": "train.eval_every", "eval_interval": "train.eval_every",
+    "eval_iters": "train.eval_batches", "save_steps": "train.ckpt_every", "save_interval": "train.ckpt_every",
+    "logging_steps": "train.log_every", "log_interval": "train.log_every", "save_total_limit": "train.keep_last",
+    "seed": "train.seed", "gradient_checkpointing": "train.grad_checkpointing", "compile": "train.compile",
+    "bf16": "train.precision bf16", "fp16": "train.precision fp16", "dtype": "train.precision",
+    "early_stopping_patience": "train.early_stopping",
+    "block_size": "model.block_size", "max_seq_length": "model.block_size", "n_layer": "model.n_layer",
+    "n_head": "model.n_head", "n_embd": "model.n_embd", "dropout": "model.dropout",
+    "model_name_or_path": "--init", "init_from": "--init", "output_dir": "--out", "out_dir": "--out",
+    "train_file": "--data", "dataset_name": "--data", "resume_from_checkpoint": "--resume",
+    "text_column_name": "data.text_column", "validation_split_percentage": "data.val_fraction (a fraction)",
+}
+
+
+def alias_hint(key: str) -> str | None:
+    """`; gpt2kit calls it --optim.lr` for a habitual name (with or without a section), else None."""
+    name = key.removeprefix("--").replace("-", "_").split(".")[-1]
+    target = ALIASES.get(name)
+    if target is None:
+        return None
+    return f"; gpt2kit calls it {target if target.startswith('--') else '--' + target}"
+
+
 def _unknown(key: str, known: list[str]) -> UserError:
+    hint = alias_hint(key)
+    if hint:
+        return UserError(f"unknown config key {key}{hint}")
     near = difflib.get_close_matches(key, known, n=1)
     hint = f"; did you mean {near[0]}?" if near else f"; known: {', '.join(known)}"
     return UserError(f"unknown config key {key}{hint}")
@@ -265,7 +301,8 @@ def parse_overrides(args: list[str]) -> dict[str, str]:
     while i < len(args):
         arg = args[i]
         if not arg.startswith("--") or "." not in arg.split("=")[0]:
-            raise UserError(f"unrecognized argument {arg!r}; config fields look like --optim.lr 3e-4")
+            hint = alias_hint(arg.split("=")[0]) if arg.startswith("--") else None
+            raise UserError(f"unrecognized argument {arg!r}" + (hint or "; config fields look like --optim.lr 3e-4"))
         key = arg[2:]
         if "=" in key:
             key, value = key.split("=", 1)
@@ -279,17 +316,55 @@ def parse_overrides(args: list[str]) -> dict[str, str]:
     return out
 
 
+PRESETS_DIR = Path(__file__).parent / "configs"  # shipped with the package: `--config debug` works anywhere
+
+
+def presets() -> dict[str, str]:
+    """Shipped config presets: name -> the first line of its leading comment."""
+    out = {}
+    for f in sorted(PRESETS_DIR.glob("*.yaml")):
+        first = next((ln.lstrip("# ").strip() for ln in f.read_text().splitlines() if ln.startswith("#")), "")
+        out[f.stem] = first
+    return out
+
+
+def resolve_config_path(path: str | Path) -> Path:
+    """A config file path, or a shipped preset by name (`debug`, `debug.yaml`, `configs/debug.yaml`)."""
+    p = Path(path).expanduser()
+    if p.is_file():
+        return p
+    stem = p.name.removesuffix(".yaml").removesuffix(".yml")
+    if (PRESETS_DIR / f"{stem}.yaml").is_file():
+        return PRESETS_DIR / f"{stem}.yaml"
+    raise UserError(f"config file not found: {path}; pass a YAML file or a preset name "
+                    f"({', '.join(presets())}; `gpt2kit configs` lists them)")
+
+
 def load_yaml(path: str | Path) -> dict:
-    p = Path(path)
-    if not p.is_file():
-        raise UserError(f"config file not found: {path}")
+    p = resolve_config_path(path)
     try:
-        data = yaml.safe_load(p.read_text()) or {}
+        data = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
+    except UnicodeDecodeError:
+        raise UserError(f"{path} is not a text file; --config takes a YAML file") from None
     except yaml.YAMLError as e:
         raise UserError(f"{path} is not valid YAML: {str(e).splitlines()[0]}") from None
     if not isinstance(data, dict):
         raise UserError(f"{path} must be a YAML mapping like `optim: {{lr: 3e-4}}`")
     return data
+
+
+def fields_help() -> str:
+    """Every config field, grouped by section, with type, default and meaning (for `train --help`)."""
+    lines = ["config fields (--SECTION.FIELD VALUE, or nested in a --config YAML file; docs/CONFIG.md):"]
+    for section, cls in _sections().items():
+        lines.append(f"  {section}:")
+        for name, (tp, f) in _field_types(cls).items():
+            default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+            tname = str(tp).replace("typing.", "").replace("<class '", "").replace("'>", "").replace(" | None", "?")
+            choices = f" [{'|'.join(f.metadata['choices'])}]" if "choices" in f.metadata else ""
+            lines.append(f"    --{section}.{name} {tname}{choices} (default {default!r})\n"
+                         f"        {f.metadata.get('help', '')}")
+    return "\n".join(lines)
 
 
 def reference_markdown() -> str:

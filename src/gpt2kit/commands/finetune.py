@@ -32,6 +32,7 @@ LORA_LR = "2e-4"  # adapters start at zero and have few parameters: they want a 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     from gpt2kit.commands.train import add_train_arguments
+    from gpt2kit.config import fields_help
 
     p = sub.add_parser(
         "finetune",
@@ -42,7 +43,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "Defaults: 3 epochs, lr 5e-5 (2e-4 with --finetune.mode lora), 3%% warmup, dropout 0.1, 10%% of the "
         "examples held out, evaluation + checkpoint every epoch, early stopping, best checkpoint kept. "
         "Any config field can be set as --SECTION.FIELD VALUE; see docs/CONFIG.md.",
-        epilog="example: gpt2kit finetune --init gpt2 --data jokes.txt --out runs/jokes --finetune.mode lora",
+        epilog="example: gpt2kit finetune --init gpt2 --data jokes.txt --out runs/jokes --finetune.mode lora\n\n"
+        "finetune's defaults: " + ", ".join(f"{k} {v}" for k, v in DEFAULTS.items()) + "\n\n" + fields_help(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     add_train_arguments(p)
     p.add_argument("--task", choices=["lm", "classify"],

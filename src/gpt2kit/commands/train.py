@@ -10,7 +10,8 @@ ORDER = 40
 
 def add_train_arguments(p: argparse.ArgumentParser) -> None:
     """The flags `train` and `finetune` share (everything else is a --SECTION.FIELD config override)."""
-    p.add_argument("--config", help="YAML file with model/data/optim/train/finetune sections (e.g. configs/debug.yaml)")
+    p.add_argument("--config", help="YAML file with model/data/optim/train/finetune sections, or a shipped preset "
+                   "by name (debug, cpu-small, gpt2-pretrain, gpt2-finetune; `gpt2kit configs` lists them)")
     p.add_argument("--data", nargs="+", help="prepared data dir, or sources: files, dirs, jsonl/csv/parquet, "
                    "a dataset name, stdlib")
     p.add_argument("--tokenizer", help="gpt2, a tokenizer dir or tokenizer.json (default: the data's or init's)")
@@ -22,12 +23,15 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
+    from gpt2kit.config import fields_help
+
     p = sub.add_parser(
         "train",
         help="pretrain or fine-tune a GPT-2",
         description="Train a GPT-2. Any config field can be set as --SECTION.FIELD VALUE "
         "(e.g. --optim.lr 3e-4 --model.n_layer 6 --train.max_steps 1000); see docs/CONFIG.md.",
-        epilog="example: gpt2kit train --data stdlib --model.preset mini --out runs/stdlib",
+        epilog="example: gpt2kit train --data stdlib --model.preset mini --out runs/stdlib\n\n" + fields_help(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     add_train_arguments(p)
     p.set_defaults(func=run, accepts_overrides=True)
