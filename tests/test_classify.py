@@ -646,3 +646,12 @@ def test_predict_streams_a_large_file_in_order(run, tmp_path, capsys, monkeypatc
     direct = real(model, tok, [t for t, _ in data[:40]])
     for r, p in zip(got, direct.tolist()):
         assert [float(r["prob_negative"]), float(r["prob_positive"])] == pytest.approx(p, abs=1e-6)
+
+
+@pytest.mark.parametrize("command", ["generate", "eval"])
+def test_a_classifier_where_a_language_model_is_needed_is_one_error_line(command, run, toy_csv, capsys):
+    args = ["--prompt", "hello"] if command == "generate" else ["--data", str(toy_csv)]
+    assert main([command, "--model", str(run), *args]) == 2
+    captured = capsys.readouterr()
+    one_error_line(captured.err, "is a classifier", "gpt2kit predict")
+    assert captured.out == ""

@@ -431,13 +431,22 @@ def row_generator(seed: int, prompt_index: int, sample_index: int, device=None) 
 # ---------------------------------------------------------------- loading
 
 
-def load_model_and_tokenizer(src: str, tokenizer: str | None = None, device: str | None = None):
+def load_model_and_tokenizer(src: str, tokenizer: str | None = None, device: str | None = None,
+                              kind: str = "lm"):
     """(model, tokenizer) for any `--model` source: the tokenizer saved with the model, else
-    `tokenizer` (a `--tokenizer` value), else GPT-2's own when the vocabulary sizes fit."""
+    `tokenizer` (a `--tokenizer` value), else GPT-2's own when the vocabulary sizes fit.
+    `kind`: "lm" (generate, eval, serve) or "classifier" (predict); the other kind is one error line."""
     from gpt2kit.checkpoint import load_model, tokenizer_source
     from gpt2kit.tokenizer import load_tokenizer
 
     model = load_model(src, device=resolve_device(device))
+    is_classifier = getattr(model, "labels", None) is not None
+    if kind == "lm" and is_classifier:
+        raise UserError(f"{src} is a classifier (labels {', '.join(model.labels)}), not a language model; "
+                        "use `gpt2kit predict` with it")
+    if kind == "classifier" and not is_classifier:
+        raise UserError(f"{src} is a language model, not a classifier; train one with "
+                        "`gpt2kit finetune --task classify`, or use `gpt2kit generate` for text")
     tok_src = tokenizer or tokenizer_source(src)
     if tok_src is None:
         if model.config.vocab_size < 50257:

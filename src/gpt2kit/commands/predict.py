@@ -57,7 +57,7 @@ def run(args: argparse.Namespace) -> int:
     from tqdm.auto import tqdm
 
     from gpt2kit.checkpoint import run_config
-    from gpt2kit.classify import GPTClassifier, predict_proba, scores
+    from gpt2kit.classify import predict_proba, scores
     from gpt2kit.errors import UserError, require_path
     from gpt2kit.generate import load_model_and_tokenizer
 
@@ -74,10 +74,7 @@ def run(args: argparse.Namespace) -> int:
         path = require_path(args.data, "--data")
         if not path.is_file():
             raise UserError(f"--data {path} is not a file; pass a .jsonl/.csv/.parquet table or a text file")
-    model, tok = load_model_and_tokenizer(args.model, args.tokenizer, args.device)
-    if not isinstance(model, GPTClassifier):
-        raise UserError(f"{args.model} is a language model, not a classifier; train one with "
-                        "`gpt2kit finetune --task classify`, or use `gpt2kit generate` for text")
+    model, tok = load_model_and_tokenizer(args.model, args.tokenizer, args.device, kind="classifier")
     labels = model.labels
     index = {name: i for i, name in enumerate(labels)}
     rows = ((t, None) for t in args.text) if args.text else _rows(path, text_column, label_column)
