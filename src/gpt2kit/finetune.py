@@ -36,38 +36,48 @@ def _matches(name: str, part: str) -> bool:
     return f".{part}." in f".{name}." or fnmatch.fnmatch(name, part) or fnmatch.fnmatch(name, f"*.{part}.*")
 
 
-def apply_mode(model: GPT, args: FinetuneArgs) -> GPT:
-    """Make only what `args.mode` trains require gradients (and add LoRA adapters); returns the model.
-    A classifier's head (`score`, new and small) trains in every mode."""
-    model = _apply_mode(model, args)
-    if hasattr(model, "score"):
-        model.score.weight.requires_grad_(True)
-    return model
-
-
-def _apply_mode(model: GPT, args: FinetuneArgs) -> GPT:
-    if args.mode == "full":
-        for p in model.parameters():
-            p.requires_grad_(True)
-        return model
+def check_mode(model: GPT, args: FinetuneArgs) -> None:
+    """The mode's options against the model (blocks, part names, LoRA targets): a UserError before any data
+    is read, not after."""
     if args.mode == "freeze":
         L = model.config.n_layer
         if args.train_blocks > L:
             raise UserError(f"finetune.train_blocks {args.train_blocks} exceeds the model's {L} blocks; "
                             f"use at most {L}")
-        trained = [f"transformer.h.{i}" for i in range(L - args.train_blocks, L)]
         names = [n for n, _ in model.named_parameters()]
         for part in args.train_parts:
             if not any(_matches(n, part) for n in names):
                 raise UserError(f"finetune.train_parts: no parameter matches {part!r}; parts look like ln_f, wte, "
                                 "wpe, lm_head, h.11, h.11.attn (see `gpt2kit info`)")
+    elif args.mode == "lora":
+        linear = {n.rsplit(".", 1)[-1] for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)}
+        linear.discard("score")  # a classifier's head trains whole, never through adapters
+        unknown = [t for t in args.lora_targets if t not in linear]
+        if unknown or not args.lora_targets:
+            raise UserError(f"finetune.lora_targets: {', '.join(unknown) or 'none given'} is not a Linear layer "
+                            f"of the model; choose from {', '.join(sorted(linear))}")
+
+
+def apply_mode(model: GPT, args: FinetuneArgs) -> GPT:
+    """Make only what `args.mode` trains require gradients (and add LoRA adapters); returns the model.
+    A classifier's head (`score`, new and small) trains in every mode."""
+    check_mode(model, args)
+    if args.mode == "full":
+        for p in model.parameters():
+            p.requires_grad_(True)
+    elif args.mode == "freeze":
+        L = model.config.n_layer
+        trained = [f"transformer.h.{i}" for i in range(L - args.train_blocks, L)]
         for name, p in model.named_parameters():
             p.requires_grad_(any(_matches(name, t) for t in trained) or any(_matches(name, t) for t in args.train_parts))
-        if not any(p.requires_grad for p in model.parameters()):
-            raise UserError("finetune.mode freeze with nothing to train; set finetune.train_blocks or "
-                            "finetune.train_parts")
-        return model
-    return _inject_lora(model, args)
+    else:
+        model = _inject_lora(model, args)
+    if hasattr(model, "score"):
+        model.score.weight.requires_grad_(True)
+    if not any(p.requires_grad for p in model.parameters()):
+        raise UserError("finetune.mode freeze with nothing to train; set finetune.train_blocks or "
+                        "finetune.train_parts")
+    return model
 
 
 def _lora_config(args: FinetuneArgs):
@@ -82,11 +92,6 @@ def _lora_config(args: FinetuneArgs):
 def _inject_lora(model: GPT, args: FinetuneArgs) -> GPT:
     from peft import inject_adapter_in_model
 
-    linear = {n.rsplit(".", 1)[-1] for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)}
-    unknown = [t for t in args.lora_targets if t not in linear]
-    if unknown or not args.lora_targets:
-        raise UserError(f"finetune.lora_targets: {', '.join(unknown) or 'none given'} is not a Linear layer of "
-                        f"the model; choose from {', '.join(sorted(linear))}")
     for p in model.parameters():
         p.requires_grad_(False)
     return inject_adapter_in_model(_lora_config(args), model)  # adapters require grad, the rest is frozen

@@ -429,7 +429,14 @@ def train(cfg: TrainConfig, out: str | os.PathLike, resume: str | None = None, o
 
     from gpt2kit.classify import ClassifyTask, plot_confusion
     from gpt2kit.data import build_data
-    from gpt2kit.finetune import base_sha256, describe, finetune_meta, partial_state_dict, trainable_names
+    from gpt2kit.finetune import (
+        base_sha256,
+        check_mode,
+        describe,
+        finetune_meta,
+        partial_state_dict,
+        trainable_names,
+    )
     from gpt2kit.prepare import check_vocab
     from gpt2kit.tasks import LMTask
 
@@ -464,6 +471,8 @@ def train(cfg: TrainConfig, out: str | os.PathLike, resume: str | None = None, o
     seed_everything(t.seed)  # same init on every rank
     check_resume_mode(cfg, resume_ckpt)
     model = build_model(cfg, tokenizer.vocab_size, resume_ckpt)
+    if resume_ckpt is None:
+        check_mode(model, cfg.finetune)
     block_size = model.config.block_size
     data = build_data(cfg, tokenizer, block_size, rank=rank, world=world,
                       run_first=lambda fn: main_first(accelerator, fn))
