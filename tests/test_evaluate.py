@@ -177,3 +177,28 @@ def test_cli_eval_sample_by_line(tok, uniform_model, tmp_path, capsys):
                  "--json"]) == 0
     out = json.loads(capsys.readouterr().out)
     assert out["documents"] == 3 and out["bytes"] == len("one joketwo jokesthree jokes")
+
+
+def test_eval_of_a_prepared_split_equals_the_runs_reported_val_loss(prepared_dir, tmp_path, capsys):
+    """`gpt2kit eval --data PREPARED` reads packed blocks like training: the numbers a run reports (over the
+    whole split, the default) and eval's agree to float rounding."""
+    import json as _json
+
+    from gpt2kit.cli import main as cli_main
+    from gpt2kit.config import build_config
+    from gpt2kit.train import train
+
+    run = tmp_path / "run"
+    cfg = build_config(None, {
+        "data.sources": str(prepared_dir), "model.preset": "tiny", "model.block_size": "32", "model.n_embd": "32",
+        "optim.lr": "3e-3", "train.batch_size": "4", "train.max_steps": "6", "train.eval_every": "3",
+        "train.ckpt_every": "3", "train.precision": "fp32"})
+    train(cfg, run, quiet=True)
+    rows = [_json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if "val_loss" in line]
+    best = (run / "checkpoints" / "best").read_text().strip()
+    want = next(r for r in rows if r["step"] == int(best.split("-")[1]))
+    assert cli_main(["eval", "--model", str(run), "--data", str(prepared_dir), "--json"]) == 0
+    got = _json.loads(capsys.readouterr().out)
+    assert got["method"] == "blocks"
+    assert got["loss"] == pytest.approx(want["val_loss"], rel=1e-5)
+    assert got["bits_per_byte"] == pytest.approx(want["val_bpb"], rel=1e-5)

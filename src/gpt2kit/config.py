@@ -114,7 +114,9 @@ class TrainArgs:
     compile: bool = _f(False, "torch.compile the model")
     grad_checkpointing: bool = _f(False, "recompute activations in backward to save memory")
     eval_every: int = _f(200, "evaluate every N steps (and at the end); 0 = only at the end", min=0)
-    eval_batches: int = _f(20, "validation batches per evaluation; 0 = the whole validation split", min=0)
+    eval_batches: int | None = _f(None, "validation per evaluation: null = the whole split, or an even sample "
+                                        "of 2M target tokens when it is larger; N = an even, fixed sample of N "
+                                        "batches per device; 0 = always the whole split", min=0)
     ckpt_every: int = _f(500, "checkpoint every N steps (and at the end); 0 = only at the end", min=0)
     keep_last: int = _f(2, "keep the newest N checkpoints (plus the best)", min=1)
     log_every: int = _f(10, "write a metrics row every N steps", min=1)

@@ -203,3 +203,36 @@ def evaluate_prepared(
         res.bytes = int(info["bytes"])
         res.bits_per_byte = res.loss * res.tokens / math.log(2) / res.bytes
     return res
+
+
+@torch.no_grad()
+def evaluate_blocks(model: GPT, data_dir: str, split: str = "val", *, batch_size: int = 8,
+                    progress: bool = False) -> EvalResult:
+    """A prepared split cut into consecutive blocks of the model's block_size, documents packed back to back,
+    each token predicted from the start of its block: exactly what `train` reports as val loss over the
+    whole split (the numbers agree to float rounding). Bits per byte use the split's bytes per token."""
+    from gpt2kit.loader import PackedLoader
+    from gpt2kit.prepare import check_vocab, read_meta, split_bytes_per_token
+
+    meta = read_meta(data_dir)
+    check_vocab(meta["vocab_size"], model.config.vocab_size, data_dir)
+    loader = PackedLoader(data_dir, split, model.config.block_size, batch_size, shuffle=False)
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    nats, tokens = 0.0, 0
+    try:
+        for i, (x, y) in enumerate(loader.iter_epoch()):
+            logits = model(x.to(device)).float()
+            nats += F.cross_entropy(logits.view(-1, logits.size(-1)), y.to(device).reshape(-1),
+                                    reduction="sum").item()
+            tokens += y.numel()
+            if progress and (i + 1) % 50 == 0:
+                print(f"eval: {tokens:,} of {loader.num_blocks * loader.block_size:,} tokens", file=sys.stderr)
+    finally:
+        model.train(was_training)
+    loss = nats / tokens
+    bpt = split_bytes_per_token(meta["splits"][split])
+    n_bytes = round(tokens * bpt) if bpt else 0
+    bpb = loss / math.log(2) / bpt if bpt else None
+    return EvalResult(loss, math.exp(min(loss, 700.0)), bpb, tokens, n_bytes, int(meta["splits"][split]["documents"]))

@@ -542,7 +542,8 @@ def train(cfg: TrainConfig, out: str | os.PathLike, resume: str | None = None, o
     log(f"model: {model_size(raw_model)} parameters, block {block_size}, vocab {raw_model.config.vocab_size}; "
         f"{describe(raw_model, cfg.finetune.mode)}")
     log(data.summary)
-    evaluated_tokens, val_total = val_loader.eval_tokens(t.eval_batches or None)
+    eval_batches = t.eval_batches if t.eval_batches is not None else default_eval_batches(val_loader, world)
+    evaluated_tokens, val_total = val_loader.eval_tokens(eval_batches or None)
     log(f"validation: {'all ' if evaluated_tokens == val_total else 'a fixed sample of '}{evaluated_tokens:,}"
         + ("" if evaluated_tokens == val_total else f" of {val_total:,}")
         + (" examples" if classify else " target tokens") + " per evaluation")
@@ -680,7 +681,7 @@ def train(cfg: TrainConfig, out: str | os.PathLike, resume: str | None = None, o
                 evaluated = False
                 if (t.eval_every and step % t.eval_every == 0) or epoch_end or last_step:
                     eval_model.eval()
-                    result = last_result = task.evaluate(eval_model, _limited(val_loader, t.eval_batches), accelerator)
+                    result = last_result = task.evaluate(eval_model, _limited(val_loader, eval_batches), accelerator)
                     eval_model.train()
                     state.last_val_loss, evaluated = result[task.metric], True
                     if math.isfinite(state.last_val_loss) and (state.best_val_loss is None
@@ -738,6 +739,19 @@ def train(cfg: TrainConfig, out: str | os.PathLike, resume: str | None = None, o
     accelerator.wait_for_everyone()
     return RunResult(state.step, state.tokens, state.best_val_loss, state.last_val_loss, last_ckpt, seconds,
                      exit_code)
+
+
+EVAL_TOKEN_BUDGET = 2 * 1024 * 1024  # target tokens an evaluation reads by default before it samples
+
+
+def default_eval_batches(loader, world: int) -> int:
+    """0 (the whole split) when it is at most EVAL_TOKEN_BUDGET target tokens, else the batches per rank of an
+    even sample of about that many: exact numbers where they are affordable, a fixed sample where not."""
+    _, total = loader.eval_tokens(None)
+    if total <= EVAL_TOKEN_BUDGET:
+        return 0
+    per_batch = total / max(1, -(-loader.num_items // (loader.batch_size * world)))
+    return max(1, round(EVAL_TOKEN_BUDGET / per_batch))
 
 
 class _limited:

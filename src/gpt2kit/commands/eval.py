@@ -24,7 +24,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--json", action="store_true", help="print the results as JSON on stdout")
     d = p.add_argument_group("perplexity (--data)")
     d.add_argument("--data", action="append", help="a data source (repeat for several)")
-    d.add_argument("--context", type=int, help="tokens the model reads per window (default: block_size)")
+    d.add_argument("--context", type=int, help="tokens the model reads per window (default: block_size); a "
+                   "prepared directory without --context/--stride is read in packed blocks, as training evaluates")
     d.add_argument("--stride", type=int, help="tokens a window moves on (default: context / 2)")
     d.add_argument("--batch-size", type=int, default=8, help="windows per forward pass (default 8)")
     d.add_argument("--limit-docs", type=int, help="evaluate only the first N documents")
@@ -108,9 +109,18 @@ def run_perplexity(args: argparse.Namespace, model, tok) -> dict:
         if made_by and made_by != tok.sha256:
             raise UserError(f"{args.data[0]} was prepared with another tokenizer than the model's; "
                             "prepare it again with the model's tokenizer (gpt2kit prepare --tokenizer MODEL_DIR)")
+        split_tokens = read_meta(args.data[0])["splits"].get(split, {}).get("tokens", 0)
+        if args.context is None and args.stride is None and args.limit_docs is None \
+                and split_tokens > model.config.block_size:  # a split shorter than one block: windows
+            # As training evaluates: consecutive packed blocks, so this equals a run's reported val loss.
+            from gpt2kit.evaluate import evaluate_blocks
+
+            res = evaluate_blocks(model, args.data[0], split, batch_size=args.batch_size, progress=True)
+            block = model.config.block_size
+            return {**res.to_dict(), "context": block, "stride": block, "split": split, "method": "blocks"}
         res = evaluate_prepared(model, args.data[0], split, context=context, stride=stride,
                                 batch_size=args.batch_size, limit_docs=args.limit_docs, progress=True)
-        return {**res.to_dict(), "context": context, "stride": stride, "split": split}
+        return {**res.to_dict(), "context": context, "stride": stride, "split": split, "method": "windows"}
     corpus = open_sources(args.data, text_column=args.text_column, include=args.include, split=args.split,
                           sample_by=args.sample_by)
     texts = (doc.text for doc in corpus)
@@ -118,7 +128,7 @@ def run_perplexity(args: argparse.Namespace, model, tok) -> dict:
         texts = islice(texts, args.limit_docs)
     res = evaluate_texts(model, tok, texts, context=context, stride=stride, batch_size=args.batch_size,
                          progress=True)
-    return {**res.to_dict(), "context": context, "stride": stride}
+    return {**res.to_dict(), "context": context, "stride": stride, "method": "windows"}
 
 
 def run_humaneval(args: argparse.Namespace, model, tok, ks: list[int]) -> dict:
@@ -153,7 +163,8 @@ def print_table(results: dict) -> None:
                  ("bits per byte", "n/a (bytes unknown)" if d["bits_per_byte"] is None else f"{d['bits_per_byte']:.4f}"),
                  ("tokens", str(d["tokens"])),
                  ("bytes", str(d["bytes"])), ("documents", str(d["documents"])),
-                 ("context / stride", f"{d['context']} / {d['stride']}")]
+                 ("context / stride", f"{d['context']} / {d['stride']}"
+                  + (" (packed blocks, as training evaluates)" if d.get("method") == "blocks" else " (per document)"))]
     if "humaneval" in results:
         h = results["humaneval"]
         rows += [(k, f"{v:.4f}") for k, v in h.items() if k.startswith("pass@")]
