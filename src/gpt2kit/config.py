@@ -125,7 +125,11 @@ class TrainArgs:
     nonfinite: str = _f("skip", "on a NaN/inf loss or gradient: skip the update, or stop", choices=("skip", "stop"))
     max_skipped: int = _f(20, "stop after this many skipped (non-finite) updates in a row", min=1)
     resize_embeddings: bool = _f(False, "grow the model's vocabulary to the tokenizer's instead of failing")
-    wandb: bool = _f(False, "also log to Weights & Biases (needs `wandb` installed)")
+    report_to: list[str] = _f(["tensorboard"], "trackers (Accelerate's): tensorboard, wandb, mlflow, comet_ml, "
+                                               "aim, clearml, dvclive, swanlab, trackio; empty for none")
+    wandb: bool = _f(False, "also log to Weights & Biases (the same as adding wandb to report_to)")
+    device: str = _f("auto", "auto (CUDA, else Apple MPS, else CPU), cpu, cuda or mps",
+                     choices=("auto", "cpu", "cuda", "mps"))
 
 
 @dataclass

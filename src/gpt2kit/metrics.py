@@ -15,12 +15,56 @@ import torch
 from gpt2kit.atomic import write_text_atomic
 from gpt2kit.errors import UserError
 
+TRACKERS = ("tensorboard", "wandb", "mlflow", "comet_ml", "aim", "clearml", "dvclive", "swanlab", "trackio")
+_PACKAGES = {"tensorboard": "tensorboard", "comet_ml": "comet_ml"}
+# Tracker tags, grouped (metrics.jsonl keeps the flat names of CONTRACTS.md).
+_TAGS = {"loss": "train/loss", "lr": "train/lr", "grad_norm": "train/grad_norm", "tokens": "train/tokens",
+         "epoch": "train/epoch", "tok_s": "perf/tok_s", "mfu": "perf/mfu", "time": "perf/time"}
+
+
+def check_trackers(names: list[str]) -> None:
+    """train.report_to: known names whose packages are installed (checked before anything is written)."""
+    import importlib.util
+
+    for name in names:
+        if name not in TRACKERS:
+            raise UserError(f"train.report_to: unknown tracker {name!r}; choose from {', '.join(TRACKERS)}")
+        package = _PACKAGES.get(name, name)
+        if importlib.util.find_spec(package) is None:
+            raise UserError(f"train.report_to {name} needs the {package} package; `pip install {package}`, "
+                            "or leave it out of train.report_to")
+
+
+def tag(key: str) -> str:
+    if key.startswith("val_"):
+        return "eval/" + key[4:]
+    return _TAGS.get(key, key)
+
+
+def flat_hparams(config: dict, prefix: str = "") -> dict:
+    """A nested config as flat scalar hyper-parameters (`optim.lr`), as trackers want them."""
+    out = {}
+    for k, v in config.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(flat_hparams(v, key + "."))
+        elif isinstance(v, (bool, int, float, str)):
+            out[key] = v
+        else:  # None, lists
+            out[key] = "null" if v is None else ",".join(map(str, v))
+    return out
+
 
 class MetricsLogger:
-    """Append rows to RUN/metrics.jsonl and mirror scalars to TensorBoard (and W&B when asked)."""
+    """Append rows to RUN/metrics.jsonl and send them to Accelerate's trackers (`train.report_to`: TensorBoard
+    by default, also W&B, MLflow, Comet, Aim, ClearML, ...), tags grouped train/ eval/ perf/, with the run's
+    hyper-parameters logged once."""
 
-    def __init__(self, run_dir: Path, resume_step: int = 0, wandb_config: dict | None = None):
+    def __init__(self, run_dir: Path, resume_step: int = 0, report_to: list[str] | tuple = ("tensorboard",),
+                 hparams: dict | None = None):
         """resume_step: rows after it are dropped (0 for a fresh start: stale rows of an earlier attempt go)."""
+        from accelerate.tracking import LOGGER_TYPE_TO_CLASS
+
         self.path = run_dir / "metrics.jsonl"
         if self.path.exists():
             # Rows after the checkpoint we resume from are about to be recomputed: drop them.
@@ -34,39 +78,34 @@ class MetricsLogger:
                     continue
             write_text_atomic(self.path, "".join(line + "\n" for line in keep))
         self._file = open(self.path, "a")
-        self._tb = None
-        try:
-            from torch.utils.tensorboard import SummaryWriter
-
-            # purge events after the resumed step (they are recomputed); the step itself stays
-            self._tb = SummaryWriter(str(run_dir / "tensorboard"), purge_step=resume_step + 1 if resume_step else None)
-        except ImportError:  # tensorboard is a dependency, but don't die over a missing logger
-            pass
-        self._wandb = None
-        if wandb_config is not None:
-            try:
-                import wandb
-            except ImportError:
-                raise UserError("train.wandb is on but wandb is not installed; `pip install wandb`") from None
-            self._wandb = wandb.init(project="gpt2kit", name=run_dir.name, config=wandb_config, resume="allow")
+        check_trackers(list(report_to))
+        self.trackers = []
+        for name in report_to:
+            cls = LOGGER_TYPE_TO_CLASS[name]
+            if name == "tensorboard":
+                # RUN/tensorboard; events after the resumed step are purged (they are recomputed)
+                tracker = cls("tensorboard", run_dir, purge_step=resume_step + 1 if resume_step else None)
+            elif cls.requires_logging_directory:
+                tracker = cls(run_dir.name, run_dir / name)
+            else:
+                tracker = cls("gpt2kit", **({"name": run_dir.name} if name == "wandb" else {}))
+            tracker.start()
+            if hparams and not resume_step:
+                tracker.store_init_configuration(flat_hparams(hparams))
+            self.trackers.append(tracker)
 
     def log(self, row: dict) -> None:
         self._file.write(json.dumps(row) + "\n")
         self._file.flush()
-        step = row["step"]
-        for k, v in row.items():
-            if k != "step" and isinstance(v, int | float) and math.isfinite(v):
-                if self._tb is not None:
-                    self._tb.add_scalar(k, v, step)
-        if self._wandb is not None:
-            self._wandb.log({k: v for k, v in row.items() if k != "step"}, step=step)
+        values = {tag(k): v for k, v in row.items()
+                  if k != "step" and isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)}
+        for tracker in self.trackers:
+            tracker.log(values, step=row["step"])
 
     def close(self) -> None:
         self._file.close()
-        if self._tb is not None:
-            self._tb.close()
-        if self._wandb is not None:
-            self._wandb.finish()
+        for tracker in self.trackers:
+            tracker.finish()
 
 
 def flops_per_token(n_params: int, n_layer: int, n_embd: int, seq_len: int) -> float:

@@ -38,7 +38,7 @@ from gpt2kit.checkpoint import (
 )
 from gpt2kit.config import OptimArgs, TrainConfig
 from gpt2kit.errors import UserError
-from gpt2kit.metrics import MetricsLogger, flops_per_token, peak_flops
+from gpt2kit.metrics import MetricsLogger, check_trackers, flops_per_token, peak_flops
 from gpt2kit.model import GPT, GPTConfig, model_size, num_params
 
 # ---------------------------------------------------------------- pure pieces
@@ -92,6 +92,45 @@ def cpu_supports_bf16() -> bool:
     except OSError:
         return False
     return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def resolve_train_device(device: str) -> str:
+    """train.device -> 'cuda', 'mps' or 'cpu' (auto: the best available), or a UserError when it is absent."""
+    has_mps = getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "mps" if has_mps else "cpu"
+    if device == "cuda" and not torch.cuda.is_available():
+        raise UserError("train.device cuda, but no CUDA device is visible; use --train.device auto or cpu")
+    if device == "mps" and not has_mps:
+        raise UserError("train.device mps, but Apple MPS is not available here; use --train.device auto or cpu")
+    return device
+
+
+def launcher_processes() -> int | None:
+    """How many processes the launcher that started us was asked for (accelerate launch --num_processes,
+    torchrun --nproc_per_node x --nnodes), read from the parent's command line; None when unknown."""
+    try:
+        with open(f"/proc/{os.getppid()}/cmdline", "rb") as f:
+            argv = [a.decode(errors="replace") for a in f.read().split(b"\0") if a]
+    except OSError:
+        return None
+    if not any("accelerate" in a or "torchrun" in a or "torch.distributed.run" in a for a in argv[:3]):
+        return None
+
+    def value(*names: str) -> int | None:
+        for i, a in enumerate(argv):
+            for n in names:
+                if a == n and i + 1 < len(argv) and argv[i + 1].isdigit():
+                    return int(argv[i + 1])
+                if a.startswith(n + "=") and a.split("=", 1)[1].isdigit():
+                    return int(a.split("=", 1)[1])
+        return None
+
+    per_node = value("--num_processes", "--num-processes", "--nproc_per_node", "--nproc-per-node")
+    nodes = value("--nnodes", "--num_machines", "--num-machines") or 1
+    if per_node is None:
+        return None
+    return per_node if "--num_processes" in argv or "--num-processes" in argv else per_node * nodes
 
 
 def resolve_precision(precision: str, device_type: str) -> str:
@@ -444,7 +483,9 @@ def train(cfg: TrainConfig, out: str | os.PathLike, resume: str | None = None, o
     out = Path(out)
     t = cfg.train
     plan_steps(t, 1)  # train.epochs together with train.max_steps: say so before any data is prepared
-    device_type = "cuda" if torch.cuda.is_available() else "cpu"
+    device_type = resolve_train_device(t.device)
+    report_to = list(dict.fromkeys([*t.report_to, *(["wandb"] if t.wandb else [])]))
+    check_trackers(report_to)
     mixed = resolve_precision(t.precision, device_type)
     # Accelerate keeps its settings in a process-wide singleton; reset them so that train() can be
     # called again in the same process with another precision (the distributed state is kept).
@@ -454,6 +495,11 @@ def train(cfg: TrainConfig, out: str | os.PathLike, resume: str | None = None, o
     accelerator = Accelerator(mixed_precision=mixed, cpu=device_type == "cpu")
     is_main, rank, world = accelerator.is_main_process, accelerator.process_index, accelerator.num_processes
     log = (lambda *a: print(*a, file=sys.stderr)) if is_main and not quiet else (lambda *a: None)
+    asked = launcher_processes()
+    if asked and asked > world:
+        log(f"warning: the launcher was asked for {asked} processes but {world} is running (`accelerate launch "
+            "--cpu` starts one; use `--multi_gpu --num_processes N`, or torchrun --nproc_per_node N, for N CPU "
+            "processes)")
 
     resume_ckpt, wipe = check_run_dir(out, resume, overwrite)
     state = LoopState()
@@ -534,8 +580,7 @@ def train(cfg: TrainConfig, out: str | os.PathLike, resume: str | None = None, o
             save_base(out, raw_model, base_weights)
     base_weights = None
     ft_meta = finetune_meta(cfg.finetune, base_sha256(out / "base")) if partial and is_main else None
-    metrics = (MetricsLogger(out, resume_step=state.step, wandb_config=cfg.to_dict() if t.wandb else None)
-               if is_main else None)
+    metrics = MetricsLogger(out, resume_step=state.step, report_to=report_to, hparams=cfg.to_dict()) if is_main else None
 
     # Printed once set-up has succeeded, so a mistake found during set-up stays a single `error:` line.
     log("config:\n  " + cfg.to_yaml().replace("\n", "\n  ").rstrip())
