@@ -78,3 +78,22 @@ def test_launcher_asked_for_more_processes_than_run(prepared_dir, tmp_path):
                        env=env, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-2000:]
     assert "asked for 2 processes but 1 is running" in r.stderr
+
+
+def test_info_summarises_a_run(prepared_dir, tmp_path, capsys):
+    import json
+
+    run = tmp_path / "run"
+    train(build_config(None, {**TINY, "data.sources": str(prepared_dir), "train.ckpt_every": "2"}), run, quiet=True)
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert main(["info", str(run), "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["steps"] == 4 and info["latest"] == "step-00000004" and info["task"] == "lm"
+    assert info["tokens_seen"] == [r for r in rows if "loss" in r][-1]["tokens"]
+    assert info["last_eval"] == [r for r in rows if "val_loss" in r][-1]
+    assert info["tokenizer"]["vocab_size"] == 512 and info["config"]["n_layer"] == 2
+    assert {"checkpoints", "metrics.jsonl", "config.yaml", "tokenizer"} <= set(info["files"])
+    assert main(["info", str(run)]) == 0
+    text = capsys.readouterr().out
+    assert "best val loss" in text and "step-00000004" in text
+    assert main(["info", str(tmp_path / "missing")]) == 2
