@@ -115,7 +115,7 @@ def test_missing_path_cli_subprocess(tmp_path):
 
 def test_info_cli_prints_sizes(capsys):
     assert main(["info", "--preset", "gpt2", "--vocab-size", "32768"]) == 0
-    assert capsys.readouterr().out.strip() == "gpt2 size: 111.0M parameters"
+    assert capsys.readouterr().out.splitlines()[0] == "gpt2 size: 111.0M parameters"
     assert main(["info", "--preset", "gpt2-xl", "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["parameters"] == 1_557_611_200
 
