@@ -357,20 +357,24 @@ def test_a_disconnected_client_stops_its_generation(server):
 
 
 def test_full_queue_503_and_timeout_504(model_dir):
-    s = Server(model_dir, Limits(max_tokens=CONTEXT - 1, max_batch=1, max_queue=1, timeout=0.5))
+    s = Server(model_dir, Limits(max_tokens=CONTEXT - 1, max_batch=1, max_queue=1, timeout=120))
     try:
         long = dict(prompt="x", max_tokens=CONTEXT - 100, stream=True)
-        with httpx.stream("POST", s.url + "/v1/completions", json=long, timeout=60) as running, \
-                httpx.stream("POST", s.url + "/v1/completions", json=long, timeout=60) as queued:
-            busy = s.post(dict(prompt="x"))
+        with httpx.stream("POST", s.url + "/v1/completions", json=long, timeout=60), \
+                httpx.stream("POST", s.url + "/v1/completions", json=long, timeout=60):
+            busy = s.post(dict(prompt="x"))  # one completion decoding, one queued: no room
             assert busy.status_code == 503 and busy.headers["retry-after"] == "1"
             assert "--max-queue" in busy.json()["error"]["message"]
-            for r in (running, queued):  # both run out of time: an error event, then the end
-                _, reasons, events = stream_texts(r)
-                assert not reasons and events[-2]["error"]["type"] == "timeout"
+            assert (s.health()["running"], s.health()["queued"]) == (1, 1)
+        s.wait_idle()  # both clients left: both completions cancelled
+        s.engine.limits.timeout = 0.3  # the Limits the app reads for every new request
         slow = s.post(dict(prompt="x", max_tokens=CONTEXT - 100))
         assert slow.status_code == 504 and "--timeout" in slow.json()["error"]["message"]
+        with httpx.stream("POST", s.url + "/v1/completions", json=long, timeout=60) as r:
+            _, reasons, events = stream_texts(r)  # streaming: an error event, then the end
+        assert not reasons and events[-2]["error"]["type"] == "timeout" and events[-1] == {"done": True}
         s.wait_idle()
+        s.engine.limits.timeout = 120
         assert s.post(dict(prompt="x", max_tokens=3)).status_code == 200
     finally:
         s.close()
@@ -410,7 +414,8 @@ def test_playground_streams_in_headless_chromium(server, tmp_path):
             page = browser.new_page(viewport={"width": 1100, "height": 560})
             page.goto(server.url + "/")
             page.wait_for_function("document.getElementById('model').textContent.includes('tiny')")
-            page.fill("#prompt", settings["prompt"])
+            page.fill("#prompt", "")
+            page.locator("#prompt").press_sequentially(settings["prompt"])  # typed key by key
             page.fill("#seed", str(settings["seed"]))
             page.eval_on_selector("#max_tokens", "(e, v) => { e.value = v; e.dispatchEvent(new Event('input')); }",
                                   settings["max_tokens"])
