@@ -7,10 +7,11 @@ Three layers, top to bottom:
   their client goes away. Sampling is `gpt2kit.generate`'s: `apply_repetition_penalty` and `sample_next`
   on the rows that share settings, every row with its own `row_generator(seed, prompt, sample)` and its
   own `_TextRow` for stop strings and streaming; so a completion equals `gpt2kit generate` with the
-  same seed, whatever else is in the batch (left padding changes nothing but float rounding, which the
-  generate tests pin down).
-- `CompletionRequest` + `prepare_rows`: the body of `POST /v1/completions` (OpenAI's fields, plus
-  `top_k`, `repetition_penalty` and `truncate_prompt_tokens`), checked into rows or an `ApiError`.
+  same seed, whatever else is in the batch (another batch shape changes only the last bits of the
+  logits; tests/test_serve.py checks rows joining and leaving against each row decoded alone).
+- `parse_request` -> `prepare_prompts` -> `make_rows`: the body of `POST /v1/completions` (OpenAI's
+  fields, plus `top_k`, `repetition_penalty` and `truncate_prompt_tokens`), checked into rows or an
+  `ApiError` (400, 404, 413).
 - `create_app`: FastAPI routes (`/v1/completions`, `/v1/models`, `/health`, the playground at `/`), JSON
   errors in OpenAI's shape, server-sent events, disconnect watching, one JSON access-log line per request.
 `serve()` loads the model, binds the socket first (a busy port is a one-line error before loading
@@ -65,7 +66,7 @@ class Limits:
     max_batch: int = 16  # --max-batch: completions decoded together
     max_queue: int = 64  # --max-queue: completions waiting for a place in the batch (more: 503)
     timeout: float = 600.0  # --timeout: seconds a request may take, waiting included (more: 504)
-    truncate: str = "error"  # --truncate: a prompt too long for the context is an error (413) or cut on the left
+    truncate: str = "error"  # --truncate: a prompt too long for the context: error (413) or cut on the left
     max_body: int = 4 << 20  # bytes of a request body (more: 413)
 
     def __post_init__(self) -> None:
@@ -239,7 +240,8 @@ class Engine:
         ids, mask = left_pad(list(unique))
         ids = ids.to(self.device)
         cache = self.model.make_cache(ids.size(0), ids.size(1))
-        logits = self.model(ids, attention_mask=None if mask is None else mask.to(self.device), cache=cache)[:, -1]
+        mask = None if mask is None else mask.to(self.device)
+        logits = self.model(ids, attention_mask=mask, cache=cache)[:, -1]
         if len(unique) < len(rows):
             index = torch.tensor(order, device=self.device)
             cache.reorder(index)
@@ -248,7 +250,8 @@ class Engine:
             r.cached = len(r.prompt)
         return cache, logits
 
-    def _rebuild(self, keep: list[int], new: list[Row], new_index: list[int], new_cache: KVCache | None) -> None:
+    def _rebuild(self, keep: list[int], new: list[Row], new_index: list[int],
+                 new_cache: KVCache | None) -> None:
         """A fresh cache for the kept rows (indices into the batch) and the new ones (rows of
         `new_cache`), each row's tokens right-aligned at column S = the longest row's length, so
         leading all-padding columns are dropped, with room for the steps the rows may still take."""
@@ -320,7 +323,8 @@ class Engine:
         top_v, top_i = lp.topk(k, dim=-1) if k else (lp[:, :0], lp[:, :0].long())
         for j, i in enumerate(idx):
             n = rows[i].logprobs
-            top = {self.tokenizer.decode([t]): v for t, v in zip(top_i[j, :n].tolist(), top_v[j, :n].tolist())}
+            ids, values = top_i[j, :n].tolist(), top_v[j, :n].tolist()
+            top = {self.tokenizer.decode([t]): v for t, v in zip(ids, values)}
             out[i] = (picked[j], top)
         return out
 
@@ -467,7 +471,8 @@ def parse_request(body: bytes) -> CompletionRequest:
             msg = f"is not supported by this server ({msg.lower()})"
         raise ApiError(400, f"{param}: {msg}", param=param) from None
     if req.best_of is not None and req.best_of != req.n:
-        raise ApiError(400, "best_of: only best_of = n is supported (every sample is returned)", param="best_of")
+        raise ApiError(400, "best_of: only best_of = n is supported (every sample is returned)",
+                       param="best_of")
     return req
 
 
@@ -477,13 +482,14 @@ def prepare_prompts(req: CompletionRequest, tokenizer, context: int, vocab_size:
     bad ids or limits, 413 for prompts that leave no room for max_tokens in the context."""
     cap = min(limits.max_tokens, context - 1)
     if req.max_tokens > cap:
-        why = (f"this server's limit (gpt2kit serve --max-tokens {limits.max_tokens})"
-               if cap == limits.max_tokens else f"the model's context of {context} tokens minus one prompt token")
+        why = f"the model's context of {context} tokens minus one prompt token"
+        if cap == limits.max_tokens:
+            why = f"this server's limit (gpt2kit serve --max-tokens {limits.max_tokens})"
         raise ApiError(400, f"max_tokens: {req.max_tokens} is more than {cap}, {why}", param="max_tokens")
     rows = len(req.prompt) * req.n
     if rows > limits.max_queue:
-        raise ApiError(400, f"this request asks for {rows} completions (prompts x n) but the server queues at "
-                       f"most {limits.max_queue} (--max-queue); split it", param="n")
+        raise ApiError(400, f"this request asks for {rows} completions (prompts x n) but the server "
+                       f"queues at most {limits.max_queue} (--max-queue); split it", param="n")
     room = context - req.max_tokens  # prompt tokens that fit next to max_tokens new ones
     eos_id = getattr(tokenizer, "eos_id", None)
     out = []
@@ -502,9 +508,10 @@ def prepare_prompts(req: CompletionRequest, tokenizer, context: int, vocab_size:
             ids = ids[-req.truncate_prompt_tokens :]
         if len(ids) > room:
             if limits.truncate != "left":
-                raise ApiError(413, f"prompt: {len(ids)} tokens + max_tokens {req.max_tokens} exceed the model's "
-                               f"context of {context} tokens; shorten the prompt, lower max_tokens, or set "
-                               "truncate_prompt_tokens", param="prompt", code="context_length_exceeded")
+                raise ApiError(413, f"prompt: {len(ids)} tokens + max_tokens {req.max_tokens} exceed the "
+                               f"model's context of {context} tokens; shorten the prompt, lower max_tokens, "
+                               "or set truncate_prompt_tokens", param="prompt",
+                               code="context_length_exceeded")
             ids = ids[-room:]  # the server cuts from the left: the end of a prompt matters most
         out.append(ids)
     return out
@@ -513,7 +520,8 @@ def prepare_prompts(req: CompletionRequest, tokenizer, context: int, vocab_size:
 def make_rows(job: Job, req: CompletionRequest, prompts: list[list[int]], engine: Engine) -> list[Row]:
     """One Row per (prompt, sample), seeded as `generate_text` seeds them."""
     seed = req.seed if req.seed is not None else random.getrandbits(62)
-    sampling = Sampling(req.temperature, req.top_k, req.top_p if req.top_p < 1.0 else None, req.repetition_penalty)
+    top_p = req.top_p if req.top_p < 1.0 else None
+    sampling = Sampling(req.temperature, req.top_k, top_p, req.repetition_penalty)
     vocab = engine.model.config.vocab_size
     return [Row(job, p * req.n + s, ids, req.max_tokens, sampling, row_generator(seed, p, s, engine.device),
                 _TextRow(engine.tokenizer, req.stop), req.logprobs, vocab)
@@ -530,7 +538,8 @@ class ClientGone(Exception):
 async def read_body(request: Request, limit: int) -> bytes:
     size = request.headers.get("content-length")
     if size is not None and size.isdigit() and int(size) > limit:
-        raise ApiError(413, f"the request body has {size} bytes; the limit is {limit}", code="request_too_large")
+        raise ApiError(413, f"the request body has {size} bytes; the limit is {limit}",
+                       code="request_too_large")
     chunks, total = [], 0
     async for chunk in request.stream():
         total += len(chunk)
@@ -636,7 +645,8 @@ def create_app(engine: Engine, name: str, url: str | None = None) -> FastAPI:
         if url is not None:
             from gpt2kit.model import model_size
 
-            log.info("serving %s (%s parameters) at %s; playground %s/", name, model_size(engine.model), url, url,
+            log.info("serving %s (%s parameters) at %s; playground %s/", name, model_size(engine.model),
+                     url, url,
                      extra={"fields": {"url": url, "model": name, "context": engine.context,
                                        "max_batch": limits.max_batch, "device": str(engine.device)}})
         try:
@@ -674,7 +684,8 @@ def create_app(engine: Engine, name: str, url: str | None = None) -> FastAPI:
 
     @app.get("/health")
     async def health() -> dict:
-        return {"status": "ok", "model": name, "running": len(engine.rows), "queued": engine.queued, **engine.stats}
+        return {"status": "ok", "model": name, "running": len(engine.rows), "queued": engine.queued,
+                **engine.stats}
 
     @app.get("/v1/models")
     async def models() -> dict:
@@ -690,7 +701,8 @@ def create_app(engine: Engine, name: str, url: str | None = None) -> FastAPI:
         if req.model is not None and req.model != name:
             raise ApiError(404, f"model: {req.model!r} is not served here; this server serves {name!r} "
                            "(GET /v1/models)", param="model", code="model_not_found")
-        prompts = prepare_prompts(req, engine.tokenizer, engine.context, engine.model.config.vocab_size, limits)
+        vocab = engine.model.config.vocab_size
+        prompts = prepare_prompts(req, engine.tokenizer, engine.context, vocab, limits)
         job = Job(loop)
         rows = make_rows(job, req, prompts, engine)
         try:
@@ -719,7 +731,8 @@ def create_app(engine: Engine, name: str, url: str | None = None) -> FastAPI:
                             choice = {"index": ev[1], "text": ev[2], "logprobs": lp, "finish_reason": None}
                         else:
                             finished(ev)
-                            choice = {"index": ev[1], "text": "", "logprobs": None, "finish_reason": FINISH[ev[2]]}
+                            choice = {"index": ev[1], "text": "", "logprobs": None,
+                                      "finish_reason": FINISH[ev[2]]}
                         yield sse({**head, "choices": [choice]})
                     if req.stream_options is not None and req.stream_options.include_usage:
                         yield sse({**head, "choices": [], "usage": usage})
@@ -767,7 +780,8 @@ class JsonLines(logging.Formatter):
     """One JSON object per log line: time, level, logger, message, plus the record's `fields`."""
 
     def format(self, record: logging.LogRecord) -> str:
-        row = {"time": datetime.fromtimestamp(record.created, timezone.utc).isoformat(timespec="milliseconds"),
+        when = datetime.fromtimestamp(record.created, timezone.utc).isoformat(timespec="milliseconds")
+        row = {"time": when,
                "level": record.levelname, "logger": record.name, "message": record.getMessage()}
         row.update(getattr(record, "fields", {}))
         if record.exc_info:

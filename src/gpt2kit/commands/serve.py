@@ -11,14 +11,17 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "serve",
         help="serve a model over HTTP: OpenAI-style completions API and a playground page",
-        description="POST /v1/completions (OpenAI's completions API: prompt(s), max_tokens, temperature, top_p, "
-        "top_k, n, stop, seed, stream, logprobs), GET /v1/models, GET /health, and a playground page at /. "
-        "Requests that arrive together are decoded together. A completion with a seed equals "
-        "`gpt2kit generate` with that seed. JSON access logs on stderr; SIGTERM lets in-flight requests finish.",
+        description="POST /v1/completions (OpenAI's completions API: prompt(s), max_tokens, temperature, "
+        "top_p, top_k, n, stop, seed, stream, logprobs), GET /v1/models, GET /health, and a playground page "
+        "at /. Requests that arrive together are decoded together. A completion with a seed equals "
+        "`gpt2kit generate` with that seed. JSON access logs on stderr; SIGTERM lets in-flight requests "
+        "finish.",
     )
     p.add_argument("--model", required=True, help="run dir, checkpoint dir, Hugging Face dir or hub name")
-    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
-    p.add_argument("--port", type=int, default=8000, help="port (default 8000; 0 = any free port, logged at start)")
+    p.add_argument("--host", default="127.0.0.1",
+                   help="address to listen on (default 127.0.0.1: this machine only)")
+    p.add_argument("--port", type=int, default=8000,
+                   help="port (default 8000; 0 = any free port, logged at start)")
     p.add_argument("--model-name", help="the model id clients send and /v1/models shows (default: --model's "
                    "directory name)")
     p.add_argument("--tokenizer", help="tokenizer to use when none is saved with the model")
