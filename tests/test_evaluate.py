@@ -191,13 +191,13 @@ def test_eval_of_a_prepared_split_equals_the_runs_reported_val_loss(prepared_dir
     run = tmp_path / "run"
     cfg = build_config(None, {
         "data.sources": str(prepared_dir), "model.preset": "tiny", "model.block_size": "32", "model.n_embd": "32",
-        "optim.lr": "3e-3", "train.batch_size": "4", "train.max_steps": "6", "train.eval_every": "3",
-        "train.ckpt_every": "3", "train.precision": "fp32"})
+        "optim.lr": "3e-3", "train.batch_size": "32", "train.max_steps": "4", "train.eval_every": "2",
+        "train.ckpt_every": "2", "train.precision": "fp32"})
     train(cfg, run, quiet=True)
     rows = [_json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if "val_loss" in line]
     best = (run / "checkpoints" / "best").read_text().strip()
     want = next(r for r in rows if r["step"] == int(best.split("-")[1]))
-    assert cli_main(["eval", "--model", str(run), "--data", str(prepared_dir), "--json"]) == 0
+    assert cli_main(["eval", "--model", str(run), "--data", str(prepared_dir), "--json", "--batch-size", "32"]) == 0
     got = _json.loads(capsys.readouterr().out)
     assert got["method"] == "blocks"
     assert got["loss"] == pytest.approx(want["val_loss"], rel=1e-5)
