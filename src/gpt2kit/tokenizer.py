@@ -118,13 +118,15 @@ class Tokenizer:
         """The canonical tokenizer.json text."""
         return self._tk.to_str(pretty=True)
 
-    def save(self, directory: str | os.PathLike, *, padding_side: str | None = None) -> None:
+    def save(self, directory: str | os.PathLike, *, padding_side: str | None = None, model_max_length: int = 1024,
+             truncation_side: str | None = None) -> None:
         """Write tokenizer.json + tokenizer_config.json + special_tokens_map.json.
 
         Loadable by `load_tokenizer`, `transformers.AutoTokenizer.from_pretrained` and `pipeline()`. Written
         by hand rather than through transformers: the same files, without a second of import time.
-        `padding_side` (a classifier's export: "left") also names a pad token (EOS when there is none), so
-        batched pipelines work."""
+        `padding_side` (exports: "left") also names a pad token (EOS when there is none), so batched pipelines
+        work. `model_max_length`: the context length of the model the tokenizer goes with (GPT-2's 1024 when
+        unknown); `truncation=True` cuts texts to it, from `truncation_side`."""
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         special = {"bos_token": self.eos_token, "eos_token": self.eos_token, "unk_token": self.eos_token}
@@ -142,7 +144,8 @@ class Tokenizer:
             **special,
             "pad_token": pad,
             **({"padding_side": padding_side} if padding_side else {}),
-            "model_max_length": 1024,
+            **({"truncation_side": truncation_side} if truncation_side else {}),
+            "model_max_length": int(model_max_length),
             "clean_up_tokenization_spaces": False,
             "add_prefix_space": False,
         }

@@ -1,4 +1,5 @@
-"""`gpt2kit tokenizer train|encode|info`: train a byte-level BPE, or look at what a tokenizer does."""
+"""`gpt2kit tokenizer train|save|encode|info`: train a byte-level BPE, write one to a folder, or look at what a
+tokenizer does."""
 
 from __future__ import annotations
 
@@ -31,6 +32,20 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     e.add_argument("--tokenizer", default="gpt2", help="gpt2, a tokenizer directory/tokenizer.json, or a hub name")
     e.set_defaults(func=run_encode)
 
+    s = tsub.add_parser("save", help="write a tokenizer's files (what AutoTokenizer loads) to a folder",
+                        description="Write tokenizer.json, tokenizer_config.json and special_tokens_map.json, which "
+                        "gpt2kit and transformers.AutoTokenizer load; e.g. `gpt2` (offline) into a local model folder.")
+    s.add_argument("name", help="gpt2 (offline), a tokenizer dir/tokenizer.json, a run/checkpoint/prepared dir, "
+                                "or a hub name")
+    s.add_argument("--out", required=True, help="folder to write into (created if missing; other files are kept)")
+    s.add_argument("--model-max-length", type=int, default=1024,
+                   help="context length of the model it goes with (default 1024, GPT-2's)")
+    s.add_argument("--padding-side", choices=("left", "right"),
+                   help="pad on this side, with the pad token (EOS when the tokenizer has none); default: no "
+                        "padding setting, as GPT-2's own files")
+    s.add_argument("--overwrite", action="store_true", help="replace tokenizer files already in --out")
+    s.set_defaults(func=run_save)
+
     i = tsub.add_parser("info", help="vocabulary size, special tokens, hash and engine of a tokenizer")
     i.add_argument("--tokenizer", default="gpt2", help="gpt2, a tokenizer directory/tokenizer.json, or a hub name")
     i.set_defaults(func=run_info)
@@ -62,6 +77,28 @@ def run_train(args: argparse.Namespace) -> int:
           file=sys.stderr)
     if args.json:
         print(json.dumps(result, indent=2))
+    return 0
+
+
+def run_save(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from gpt2kit.errors import UserError
+    from gpt2kit.tokenizer import load_tokenizer
+
+    out = Path(args.out).expanduser()
+    if args.model_max_length < 1:
+        raise UserError(f"--model-max-length must be at least 1, got {args.model_max_length}")
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out} is a file; pass a folder")
+    names = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
+    present = [n for n in names if (out / n).exists()]
+    if present and not args.overwrite:
+        raise UserError(f"{out} already has {', '.join(present)}; pass --overwrite to replace them, or another --out")
+    tok = load_tokenizer(args.name)
+    tok.save(out, padding_side=args.padding_side, model_max_length=args.model_max_length)
+    print(f"saved {args.name} to {out}: {tok.vocab_size} ids, eos {tok.eos_token!r} (id {tok.eos_id}), "
+          f"pad {tok.pad_token or (tok.eos_token if args.padding_side else None)!r}", file=sys.stderr)
     return 0
 
 
