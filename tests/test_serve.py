@@ -190,6 +190,8 @@ def test_stop_strings_and_seeds(server, model_dir, capsys):
         cut["choices"][0]["text"]]
     other = server.post(dict(prompt="Hello world", max_tokens=20, seed=6)).json()["choices"][0]["text"]
     assert other != free
+    one = server.post(dict(prompt="Hello world", max_tokens=1, seed=5)).json()  # done at prefill
+    assert one["usage"]["completion_tokens"] == 1 and one["choices"][0]["finish_reason"] == "length"
 
 
 def test_streaming_gives_the_same_text(server):
@@ -327,6 +329,30 @@ def test_rows_joining_and_leaving_the_batch_equal_each_row_alone(kw):
                              prompt_lookup=0)
         assert r.text.ids == alone[0].tolist(), f"row {i}"
 
+
+
+def test_eos_ends_a_row_like_gpt2kit_generate():
+    import asyncio
+
+    from gpt2kit.generate import _TextRow, generate_ids, row_generator
+    from gpt2kit.model import GPT, GPTConfig
+    from gpt2kit.serve import FINISH, Job, Row, Sampling
+
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(n_layer=2, n_head=2, n_embd=32, block_size=64, vocab_size=97)).eval()
+    prompt = [3, 4, 5]
+    free = generate_ids(model, [prompt], 10, temperature=0)[0].tolist()
+    k = next(i for i in range(1, 10) if free[i] not in free[:i])  # a token that first appears at step k
+    tok = DigitsTokenizer()
+    tok.eos_id = free[k]
+    engine = Engine(model, tok, Limits(max_tokens=20))
+    job = Job(asyncio.new_event_loop())
+    row = Row(job, 0, prompt, 10, Sampling(temperature=0), row_generator(0, 0, 0), _TextRow(tok, []), None, 97)
+    with torch.inference_mode():
+        for step in range(12):
+            engine._iterate([row] if step == 0 else [])
+    assert row.finish == "eos" and FINISH[row.finish] == "stop" and engine.rows == []
+    assert row.text.ids == free[:k] and row.text.text == tok.decode(free[:k]) and row.generated == k + 1
 
 
 def test_a_short_request_joins_a_running_batch_and_leaves_first(server, model_dir, capsys):
