@@ -139,3 +139,16 @@ def test_unwritable_output_path_is_a_user_error(tmp_path, capsys):
                "--out", str(tmp_path / "afile" / "tok")])
     err = capsys.readouterr().err
     assert rc == 2 and err.strip().splitlines()[-1].startswith("error: ") and "Traceback" not in err
+
+
+def test_export_without_a_tokenizer_still_has_pad_id_and_a_card(tmp_path):
+    """No tokenizer: ids as in training, EOS/pad = the last id (GPT-2's layout), a card, no generation_config."""
+    from transformers import AutoModelForCausalLM
+
+    out = export(GPT(GPTConfig.from_preset("tiny", vocab_size=64)), tmp_path / "o")
+    cfg = json.loads((out / "config.json").read_text())
+    assert cfg["pad_token_id"] == cfg["eos_token_id"] == 63
+    assert not (out / "generation_config.json").exists() and not (out / "tokenizer.json").exists()
+    card = (out / "README.md").read_text()
+    assert card.startswith("---\nlicense: mit\n") and "none exported" in card
+    assert AutoModelForCausalLM.from_pretrained(out).config.pad_token_id == 63
