@@ -5,10 +5,29 @@ Used by checkpoints, prepared data directories, exports and small pointer/metric
 
 from __future__ import annotations
 
+import errno
 import os
 import shutil
 import tempfile
 from pathlib import Path
+
+_FULL_MESSAGES = ("No space left on device", "os error 28", "Disk quota exceeded", "os error 122")
+
+
+def is_disk_full(e: BaseException, path: Path) -> bool:
+    """Whether `e`, raised while writing under `path`, means the disk (or the quota) is full. Writers say so
+    differently: Python raises OSError(ENOSPC), safetensors and tokenizers quote the OS message, and torch.save
+    only says "unexpected pos" - there the free space left on `path`'s filesystem decides."""
+    if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
+        return True
+    if any(m in str(e) for m in _FULL_MESSAGES):
+        return True
+    if isinstance(e, RuntimeError):
+        try:
+            return shutil.disk_usage(path).free < 1 << 20
+        except OSError:
+            return False
+    return False
 
 
 def make_temp_dir(parent: Path, prefix: str) -> Path:

@@ -209,10 +209,7 @@ def load_gpt2kit_dir(directory: Path, merge: bool = True) -> GPT:
 
     A partial fine-tune (freeze/LoRA) is rebuilt from its run's base weights; `merge=False` keeps LoRA
     adapters as separate trainable layers (to resume training) instead of folding them in."""
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
-    from gpt2kit.hf import empty_model, load_state
+    from gpt2kit.hf import empty_model, load_safetensors, load_state
 
     if (directory / "MANIFEST.json").exists():
         verify_checkpoint(directory)
@@ -222,10 +219,7 @@ def load_gpt2kit_dir(directory: Path, merge: bool = True) -> GPT:
     finetune = meta.pop("finetune", None)
     labels = meta.pop("classifier", {}).get("labels")
     config = GPTConfig.from_dict(meta)
-    try:
-        sd = load_file(directory / "model.safetensors")
-    except (OSError, SafetensorError) as e:
-        raise UserError(f"cannot read {directory / 'model.safetensors'} ({e}); the checkpoint is damaged") from None
+    sd = load_safetensors(directory / "model.safetensors")
     if finetune is not None:
         from gpt2kit.finetune import load_partial
 

@@ -183,6 +183,9 @@ def evaluate_prepared(
         n = 0
         for shard in load_split(data_dir, split, meta):
             arr = np.asarray(shard, dtype=np.int64)
+            if arr.size and int(arr.max()) >= meta["vocab_size"]:  # shards changed since meta.json's max_id
+                raise UserError(f"the {split} shards of {data_dir} hold token id {int(arr.max())}, beyond "
+                                f"meta.json's vocab_size {meta['vocab_size']}; re-run `gpt2kit prepare`")
             start = 0
             for end in [*np.flatnonzero(arr == eos).tolist(), len(arr)]:
                 if end > start:

@@ -124,6 +124,7 @@ def _generate_ids(model, prompts, max_new_tokens, attention_mask, temperature, t
     cfg = model.config
     total = T + max_new_tokens
     limit = total if cfg.rope else min(total, cfg.block_size)  # positions the cache can hold
+    _check_memory(model, B, T, max_new_tokens, limit if use_cache and T < limit else 0, mask is not None, device)
 
     # Pre-allocated buffers: the whole sequence (for recompute past block_size) and its mask.
     seq = idx.new_full((B, total), fill)
@@ -188,6 +189,24 @@ def _generate_ids(model, prompts, max_new_tokens, attention_mask, temperature, t
     finally:
         model.train(was_training)
     return seq[:, T : T + n]
+
+
+def _check_memory(model: GPT, B: int, T: int, max_new_tokens: int, cache_len: int, padded: bool, device) -> None:
+    """The buffers of a generation are allocated up front: one the device cannot hold is one error line, not an
+    allocator traceback (the sequence buffer grows with max_new_tokens; with RoPE the KV cache does too)."""
+    cfg = model.config
+    total = T + max_new_tokens
+    need = B * total * 8 * (2 if padded else 1)  # int64 tokens (+ the attention mask)
+    need += 2 * cfg.n_layer * B * cfg.kv_heads * cache_len * cfg.head_dim * model.transformer.wte.weight.element_size()
+    if need < 1 << 28:
+        return  # small: not worth asking the system
+    from gpt2kit.memory import check_fits, human
+
+    short = check_fits(need, device)
+    if short is not None:
+        context = "" if cfg.rope else f"; the model reads at most {cfg.block_size} tokens at a time"
+        raise UserError(f"--max-new-tokens {max_new_tokens:,}: {B} sequence(s) of up to {total:,} tokens need "
+                        f"{human(need)} of memory but {human(short[0])} is {short[1]}; lower --max-new-tokens{context}")
 
 
 DEFAULT_PROMPT_LOOKUP = 10

@@ -201,7 +201,12 @@ class PackedLoader:
         return out
 
     def _batch(self, block_ids: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
-        tokens = torch.from_numpy(self._blocks(block_ids))
+        blocks = self._blocks(block_ids)
+        # meta.json's max_id spares load_split a scan; this (microseconds a batch) catches shards changed since
+        if blocks.size and int(blocks.max()) >= self.meta["vocab_size"]:
+            raise UserError(f"the {self.split} shards of {self.data_dir} hold token id {int(blocks.max())}, beyond "
+                            f"meta.json's vocab_size {self.meta['vocab_size']}; re-run `gpt2kit prepare`")
+        tokens = torch.from_numpy(blocks)
         return tokens[:, :-1], tokens[:, 1:]
 
     def next_batch(self) -> tuple[torch.Tensor, torch.Tensor]:

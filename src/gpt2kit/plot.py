@@ -63,6 +63,7 @@ def plot_runs(
         raise UserError(f"--smooth must be in [0, 1), got {smooth}")
     if x not in ("step", "tokens"):
         raise UserError(f"--x must be step or tokens, got {x!r}")
+    out = check_image_path(out)
     runs = [(Path(d), read_metrics(d)) for d in run_dirs]
     labels = list(labels) if labels else [_label(d) for d, _ in runs]
     fig, (ax_loss, ax_lr) = plt.subplots(1, 2, figsize=(12, 4.5), gridspec_kw={"width_ratios": [2, 1]})
@@ -98,10 +99,25 @@ def plot_runs(
         if ax.lines:
             ax.legend(fontsize=8)
     fig.tight_layout()
-    out = Path(out).expanduser()
-    out.parent.mkdir(parents=True, exist_ok=True)
+    out.parent.mkdir(parents=True, exist_ok=True)  # like every command's --out: missing folders are made
     fig.savefig(out, dpi=120)
     plt.close(fig)
+    return out
+
+
+def check_image_path(out: str | os.PathLike) -> Path:
+    """`out` as a Path, or a UserError when matplotlib cannot write that kind of file (checked before drawing)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    out = Path(out).expanduser()
+    if out.is_dir():
+        raise UserError(f"--out {out} is a directory; pass an image file such as {out / 'loss.png'}")
+    kinds = FigureCanvasAgg.get_supported_filetypes()
+    suffix = out.suffix.lower().lstrip(".")
+    if suffix not in kinds:
+        what = f".{suffix} files" if suffix else "a file without an extension"
+        raise UserError(f"--out {out}: matplotlib cannot write {what}; end the name in .png, .svg or .pdf "
+                        f"(or {', '.join(sorted(kinds))})")
     return out
 
 

@@ -42,7 +42,7 @@ from pathlib import Path
 
 import numpy as np
 
-from gpt2kit.atomic import replace_dir
+from gpt2kit.atomic import is_disk_full, replace_dir
 from gpt2kit.errors import UserError, flag
 from gpt2kit.sources import SOURCE_OPTIONS, Document, open_sources
 from gpt2kit.tokenizer import Tokenizer, warn
@@ -94,6 +94,7 @@ def read_meta(data_dir: str | os.PathLike) -> dict:
                         "re-run `gpt2kit prepare` on the source data")
     if version > VERSION:
         raise UserError(f"{data_dir} was prepared by a newer gpt2kit (format version {version}); upgrade gpt2kit")
+    _check_meta_fields(meta, path)
     itemsize = np.dtype(meta["dtype"]).itemsize
     for split, info in meta["splits"].items():
         size = sum((d / f).stat().st_size if (d / f).exists() else -1 for f in info["files"])
@@ -103,14 +104,47 @@ def read_meta(data_dir: str | os.PathLike) -> dict:
     return meta
 
 
+def _check_meta_fields(meta: dict, path: Path) -> None:
+    """Every field readers use, with the right type: a hand-edited or truncated meta.json is one error line."""
+    def bad(what: str) -> UserError:
+        return UserError(f"{path} {what}; it is damaged or hand-made - re-run `gpt2kit prepare` on the source data")
+
+    for key, kind in (("dtype", str), ("vocab_size", int), ("eos_id", int), ("tokenizer_sha256", str),
+                      ("splits", dict)):
+        if not isinstance(meta.get(key), kind) or isinstance(meta.get(key), bool):
+            raise bad(f"has no valid {key!r}" if key in meta else f"lacks the key {key!r}")
+    if meta["dtype"] not in ("uint16", "uint32"):
+        raise bad(f"has dtype {meta['dtype']!r} (expected uint16 or uint32)")
+    if "train" not in meta["splits"]:
+        raise bad("has no 'train' split")
+    for split, info in meta["splits"].items():
+        if not (isinstance(info, dict) and isinstance(info.get("files"), list) and isinstance(info.get("tokens"), int)
+                and all(isinstance(f, str) and "/" not in f and "\\" not in f and f not in ("", ".", "..")
+                        for f in info["files"])):
+            raise bad(f"has no valid file list and token count for the {split!r} split")
+    if "max_id" in meta and not isinstance(meta["max_id"], int):
+        raise bad("has no valid 'max_id'")
+
+
 def load_split(data_dir: str | os.PathLike, split: str, meta: dict | None = None) -> list[np.memmap]:
-    """The shards of one split as read-only memmaps (shards with no tokens left out)."""
+    """The shards of one split as read-only memmaps (shards with no tokens left out), checked to hold no id
+    beyond the tokenizer's vocabulary (such an id would fail deep inside the model)."""
     d = Path(data_dir)
     meta = meta or read_meta(d)
     if split not in meta["splits"]:
         raise UserError(f"{data_dir} has no {split!r} split; it has {', '.join(meta['splits'])}")
     dtype = np.dtype(meta["dtype"]).newbyteorder("<")
-    return [np.memmap(d / f, dtype=dtype, mode="r") for f in meta["splits"][split]["files"] if (d / f).stat().st_size]
+    shards = [(d / f, np.memmap(d / f, dtype=dtype, mode="r"))
+              for f in meta["splits"][split]["files"] if (d / f).stat().st_size]
+    vocab = meta["vocab_size"]
+    if meta.get("max_id", vocab) >= vocab:  # recorded by prepare; older or hand-made directories are scanned
+        for path, mm in shards:
+            for start in range(0, len(mm), 1 << 24):  # 32-64 MB at a time: memory stays flat
+                top = int(mm[start : start + (1 << 24)].max())
+                if top >= vocab:
+                    raise UserError(f"{path} holds token id {top} but meta.json's vocab_size is {vocab}; the shards "
+                                    "were not made by this tokenizer - re-run `gpt2kit prepare` on the source data")
+    return [mm for _, mm in shards]
 
 
 def split_bytes_per_token(split_info: dict) -> float | None:
@@ -136,6 +170,7 @@ class _ShardWriter:
         self.dtype = np.dtype(dtype).newbyteorder("<")
         self.files: list[str] = []
         self.tokens = self.documents = self.bytes = 0
+        self.max_id = -1  # recorded in meta.json: readers check it against vocab_size without a scan
         self._f = None
         self._in_shard = 0
 
@@ -150,6 +185,8 @@ class _ShardWriter:
     def write(self, ids: np.ndarray) -> None:
         if self._f is None:
             self._open()
+        if len(ids):
+            self.max_id = max(self.max_id, int(ids.max()))
         while len(ids):
             room = self.shard_tokens - self._in_shard
             if room == 0:
@@ -302,7 +339,7 @@ def prepare(
             old = read_meta(out)
         except UserError:
             old = None  # an older format or damaged: prepare again
-        if (old and old["source_fingerprint"] == fingerprint and old["tokenizer_sha256"] == tokenizer.sha256
+        if (old and old.get("source_fingerprint") == fingerprint and old["tokenizer_sha256"] == tokenizer.sha256
                 and old.get("options") == options):
             _check_size(old, block_size, out)
             if progress:
@@ -327,6 +364,14 @@ def prepare(
         tokenizer.save(tmp)
         (tmp / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
         replace_dir(tmp, out)
+    except UserError:
+        raise
+    except Exception as e:
+        if not is_disk_full(e, out.parent):
+            raise
+        kept = f"{out} is as it was" if (out / "meta.json").is_file() else "nothing was written"
+        raise UserError(f"no space left on the disk holding {out.parent} while preparing {out} ({kept}); free "
+                        "some space or pass an --out on another disk") from None
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     corpus.report()
@@ -394,6 +439,7 @@ def _write(corpus, tokenizer: Tokenizer, tmp: Path, val_fraction: float, workers
         "tokenizer_sha256": tokenizer.sha256,
         "source_fingerprint": "",
         "splits": splits,
+        "max_id": max(w.max_id for w in writers.values()),
         "engine": tokenizer.engine,
         "skipped": dict(corpus.stats.as_dict()),
         "seconds": round(time.perf_counter() - start, 3),

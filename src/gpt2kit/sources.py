@@ -15,7 +15,9 @@ A source is one of:
 
 Each document carries a stable `key` (its path relative to the source root, plus the row for tables or
 the index of the line/paragraph, `jokes.txt:17`) so the train/validation split can hash it: the split does not change when the corpus moves or grows.
-Binary files are skipped and undecodable bytes replaced; both are counted and reported once.
+Binary files (a NUL byte in the first 8 KB) are skipped and undecodable bytes replaced; both are counted and
+reported once. A binary .csv/.jsonl in a folder is skipped the same way; one named directly, a NUL byte further
+into a CSV, or a parquet file with damaged pages is an error that names the file.
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ SAMPLE_BY = ("file", "line", "paragraph", "auto")
 TABLE_SUFFIXES = (".jsonl", ".json", ".csv", ".parquet", ".ndjson")
 _BINARY_PROBE = 8192
 _LINE_BREAK = re.compile(r"\r\n|\r|\n")
+_SHARD = re.compile(r"^(train|val)-\d{5}\.bin$")  # the token shards of a prepared directory
 _SPLIT_NAMES = {"line": "one document per line", "paragraph": "documents separated by blank lines"}
 
 
@@ -155,6 +158,15 @@ def _decode(data: bytes, key: str, stats: SourceStats) -> str | None:
         return text
 
 
+def _has_nul(path: Path) -> bool:
+    """The binary probe of text files, for a table file: a NUL byte in its first 8 KB."""
+    try:
+        with open(path, "rb") as f:
+            return b"\x00" in f.read(_BINARY_PROBE)
+    except OSError as e:
+        raise UserError(f"cannot read {path}: {e.strerror}; check its permissions") from e
+
+
 class Source:
     """One source string, resolved. Iterating yields documents; `fingerprint` changes when content may have."""
 
@@ -179,6 +191,11 @@ class Source:
         if p.is_dir():
             if (p / "dataset_info.json").is_file() or (p / "dataset_dict.json").is_file() or (p / "state.json").is_file():
                 return "saved_dataset", p
+            shard = next((e.name for e in os.scandir(p) if _SHARD.match(e.name)), None)
+            if shard is not None and not (p / "meta.json").exists():
+                # read as text it would train on the tokenizer's JSON, the shards skipped as binary
+                raise UserError(f"{spec} looks like a prepared data directory ({shard}) but has no meta.json; "
+                                "run `gpt2kit prepare` on the source data again, into a new --out")
             return "dir", p
         if p.is_file():
             return ("table" if p.suffix.lower() in TABLE_SUFFIXES else "file"), p
@@ -288,7 +305,13 @@ class Source:
         elif suffix == ".csv":
             csv.field_size_limit(min(sys.maxsize, 2**31 - 1))
             with open(path, encoding="utf-8", errors="replace", newline="") as f:
-                yield from csv.DictReader(f)
+                reader = csv.DictReader(f)
+                for row in reader:
+                    # Python's csv reads NUL bytes as text; in a CSV they mean damage or another encoding.
+                    if any(isinstance(v, str) and "\x00" in v for v in row.values()):
+                        raise UserError(f"{path}:{reader.line_num}: a NUL byte in a CSV row - the file is damaged "
+                                        "or not UTF-8 text; fix or remove that line (or save the file as UTF-8)")
+                    yield row
         elif suffix == ".parquet":
             import pyarrow.parquet as pq
 
@@ -299,11 +322,26 @@ class Source:
             names = pf.schema_arrow.names
             if self.text_column not in names:
                 raise MissingColumn(_unknown_column(self.text_column, names, path))
-            for batch in pf.iter_batches(batch_size=1024, columns=[self.text_column]):
+            batches = pf.iter_batches(batch_size=1024, columns=[self.text_column])
+            while True:
+                try:  # only the reading is guarded: an error of the consumer is not the file's fault
+                    batch = next(batches)
+                except StopIteration:
+                    break
+                except Exception as e:  # corrupt pages: OSError / ArrowInvalid mid-file
+                    why = str(e).splitlines()[0][:120] if str(e) else type(e).__name__
+                    raise UserError(f"{path} is damaged: reading its row groups failed ({why}); re-create or "
+                                    "remove the file") from None
                 for v in batch.column(0).to_pylist():
                     yield {self.text_column: v}
 
     def _table(self, path: Path, key: str) -> Iterator[Document]:
+        if path.suffix.lower() != ".parquet" and _has_nul(path):
+            if self.kind != "table":  # in a folder: skipped like any binary file, and counted
+                self.stats.binary_skipped += 1
+                return
+            raise UserError(f"{path} has NUL bytes, so it is binary or UTF-16 text, not a UTF-8 "
+                            f"{path.suffix.lstrip('.')} file; save it as UTF-8 or pass another file")
         for i, row in enumerate(self._rows(path)):
             if not isinstance(row, dict) or self.text_column not in row:
                 names = list(row) if isinstance(row, dict) else [type(row).__name__]

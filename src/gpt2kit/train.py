@@ -18,6 +18,7 @@ import shutil
 import signal
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -314,8 +315,10 @@ def resize_vocab(model: GPT, vocab_size: int) -> GPT:
     return new
 
 
-def build_model(cfg: TrainConfig, vocab_size: int, resumed_from: Path | None) -> GPT:
-    """From a checkpoint we resume, from --init weights, or fresh from the preset + overrides."""
+def build_model(cfg: TrainConfig, vocab_size: int, resumed_from: Path | None,
+                check: Callable[[GPT], None] | None = None) -> GPT:
+    """From a checkpoint we resume, from --init weights, or fresh from the preset + overrides.
+    `check(model)` sees a fresh model on the meta device first, before any memory is allocated for it."""
     m = cfg.model
     if resumed_from is not None:
         model = load_gpt2kit_dir(resumed_from, merge=False)  # LoRA resumes with its adapters apart
@@ -356,7 +359,39 @@ def build_model(cfg: TrainConfig, vocab_size: int, resumed_from: Path | None) ->
     if overrides["vocab_size"] < vocab_size:
         raise UserError(f"model.vocab_size ({overrides['vocab_size']}) is smaller than the tokenizer's "
                         f"{vocab_size} ids; remove model.vocab_size or set it >= {vocab_size}")
-    return GPT(GPTConfig.from_preset(m.preset, **overrides)).train()
+    config = GPTConfig.from_preset(m.preset, **overrides)
+    if check is not None:
+        with torch.device("meta"):  # costs no memory and draws no random numbers
+            check(GPT(config))
+    return GPT(config).train()
+
+
+def check_memory(model: GPT, cfg: TrainConfig, block_size: int, device: torch.device | str, mixed: str,
+                 processes: int = 1) -> None:
+    """A UserError saying how much memory training `model` (real or on the meta device) needs and how much
+    there is, when it cannot fit; `processes` share the device (CPU ranks of one machine)."""
+    from gpt2kit.errors import flag
+    from gpt2kit.memory import check_fits, human, training_bytes
+
+    t = cfg.train
+    states, acts = training_bytes(model, t.batch_size, block_size,
+                                  activation_bytes=2 if mixed in ("bf16", "fp16") else 4,
+                                  grad_checkpointing=t.grad_checkpointing, logits=t.task == "lm")
+    need = (states + acts) * processes
+    short = check_fits(need, device)
+    if short is None:
+        return
+    if states >= acts:
+        fix = (f"use a smaller model ({flag('model.preset')}, {flag('model.n_layer')}, {flag('model.n_embd')})"
+               + (f", or {flag('finetune.mode')} lora" if cfg.model.init else ""))
+    else:
+        fix = (f"lower {flag('train.batch_size')} (raise {flag('train.grad_accum')} to keep the batch) or "
+               f"{flag('model.block_size')}" + ("" if t.grad_checkpointing else
+                                               f", or set {flag('train.grad_checkpointing')} true"))
+    each = f" for each of {processes} processes" if processes > 1 else ""
+    raise UserError(f"training needs at least {human(need)} of memory{each} (weights, gradients and AdamW moments of "
+                    f"{model_size(model)} parameters: {human(states)}; activations of a {t.batch_size} x "
+                    f"{block_size} batch: {human(acts)}) but {human(short[0])} is {short[1]}; {fix}")
 
 
 def crop_block_size(model: GPT, block_size: int) -> GPT:
@@ -462,7 +497,9 @@ def finish_model(cfg: TrainConfig, model: GPT, labels: list[str] | None, resume_
 
 
 def train(cfg: TrainConfig, out: str | os.PathLike, resume: str | None = None, overwrite: bool = False,
-          quiet: bool = False) -> RunResult:
+          quiet: bool = False, on_eval: Callable[[int, dict], bool | None] | None = None) -> RunResult:
+    # on_eval(step, metrics) runs after every evaluation; a true result ends the run there as early stopping
+    # does (final checkpoint, normal return): how `gpt2kit sweep` prunes a hopeless trial.
     from accelerate import Accelerator
     from accelerate.utils import DistributedType, gather_object
 
@@ -516,7 +553,13 @@ def train(cfg: TrainConfig, out: str | os.PathLike, resume: str | None = None, o
     tokenizer = load_tokenizer_for(cfg, prepared_hint)
     seed_everything(t.seed)  # same init on every rank
     check_resume_mode(cfg, resume_ckpt)
-    model = build_model(cfg, tokenizer.vocab_size, resume_ckpt)
+    processes = int(os.environ.get("LOCAL_WORLD_SIZE", world)) if device_type != "cuda" else 1  # sharing RAM
+
+    def fits(m: GPT) -> None:
+        check_memory(m, cfg, m.config.block_size, accelerator.device, mixed, processes)
+
+    # A fresh model is checked before it exists; a partial fine-tune once its mode says what trains.
+    model = build_model(cfg, tokenizer.vocab_size, resume_ckpt, check=fits if cfg.finetune.mode == "full" else None)
     if resume_ckpt is None:
         check_mode(model, cfg.finetune)
     block_size = model.config.block_size
@@ -526,6 +569,7 @@ def train(cfg: TrainConfig, out: str | os.PathLike, resume: str | None = None, o
         check_init_tokenizer(cfg, data.meta, data.data_dir, resume_ckpt)
         check_vocab(data.meta["vocab_size"], model.config.vocab_size, f"the data in {data.data_dir}")
     model, base_weights = finish_model(cfg, model, data.labels, resume_ckpt)
+    fits(model)
     classify = t.task == "classify"
     task = ClassifyTask(data.labels, data.class_weights) if classify else LMTask(data.bytes_per_token)
     train_loader, val_loader = data.train, data.val
@@ -746,6 +790,9 @@ def train(cfg: TrainConfig, out: str | os.PathLike, resume: str | None = None, o
                     if t.early_stopping and state.evals_since_best >= t.early_stopping and not last_step:
                         log(f"early stopping: no better val loss in {t.early_stopping} evaluations")
                         last_step = state.stopped_early = True
+                    if on_eval is not None and on_eval(step, result) and not last_step:
+                        log(f"stopped after step {step}: on_eval asked to stop (a pruned sweep trial)")
+                        last_step = True
 
                 # -- checkpoint once in a while, at every epoch's end, at the end, and when asked to stop
                 if (t.ckpt_every and step % t.ckpt_every == 0) or epoch_end or last_step or signum:

@@ -98,6 +98,10 @@ def run(args: argparse.Namespace) -> int:
         if template != "{prompt}":
             print(f"prompt template: {template!r} (--no-template to turn it off)", file=sys.stderr)
     model, tok = load_model_and_tokenizer(args.model, args.tokenizer, args.device)
+    if tok.eos_id is not None and any(not tok.encode(p) for p in prompts):
+        # GPT-2's convention for unconditional samples; said aloud, so an empty $VAR is not a silent surprise
+        print(f"note: an empty prompt has no token to continue; generating from {tok.eos_token or 'EOS'} "
+              "(the start of a new document)", file=sys.stderr)
     out = sys.stdout
     single = len(prompts) * args.num_samples == 1 and not args.json
 
