@@ -427,7 +427,7 @@ CHROMIUM = Path("/usr/bin/chromium")  # Debian's package; Playwright's own brows
 
 def test_playground_streams_in_headless_chromium(server, tmp_path):
     """Chromium loads /, a prompt is typed, Generate pressed: the text streams in (many DOM updates),
-    equals the API's completion for the same seed, and the stats line counts the tokens."""
+    equals the API's completion for the same seed, and the stats line counts the tokens. Stop cancels."""
     if not CHROMIUM.exists():
         pytest.skip(f"no {CHROMIUM} (Debian: apt-get install chromium)")
     sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed (pip install playwright)")
@@ -457,8 +457,18 @@ def test_playground_streams_in_headless_chromium(server, tmp_path):
             shot = Path(os.environ.get("GPT2KIT_ARTIFACTS", tmp_path)) / "playground.png"
             shot.parent.mkdir(parents=True, exist_ok=True)
             page.screenshot(path=str(shot))
+            # Stop: the page aborts its request, the server cancels the generation.
+            cancelled = server.health()["cancelled"]
+            page.eval_on_selector("#max_tokens", "e => { e.value = e.max; e.dispatchEvent(new Event('input')); }")
+            page.click("#generate")
+            page.wait_for_function("document.getElementById('completion').textContent.length > 0")
+            page.click("#stop")
+            page.wait_for_selector("#output[data-state=done]", timeout=30_000)
+            stopped = page.text_content("#stats")
         finally:
             browser.close()
+    assert stopped.endswith("stopped")
+    assert server.wait_idle()["cancelled"] == cancelled + 1
     want = server.post(settings).json()["choices"][0]["text"]
     assert text == want and text
     assert updates > 10  # the text arrived piece by piece

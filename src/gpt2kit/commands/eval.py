@@ -16,7 +16,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         description="With --data: token-weighted loss, perplexity and bits per byte over the documents of "
         "a source (file, directory, .jsonl/.csv/.parquet, Hugging Face dataset, `stdlib`), each document "
         "scored whole with a sliding window. With --humaneval: pass@k on OpenAI's HumanEval problems, "
-        "each completion run in a separate, guarded process.",
+        "each completion run in an operating-system sandbox (bubblewrap or unshare namespaces, rlimits) and "
+        "judged by a separate process it cannot reach.",
     )
     p.add_argument("--model", required=True, help="run dir, checkpoint dir, Hugging Face dir or hub name")
     p.add_argument("--tokenizer", help="tokenizer to use when none is saved with the model")
@@ -46,6 +47,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     h.add_argument("--timeout", type=float, default=5.0, help="seconds per program (default 5)")
     h.add_argument("--workers", type=int, default=2, help="programs run in parallel (default 2)")
     h.add_argument("--seed", type=int, default=0, help="sampling seed (default 0)")
+    h.add_argument("--sandbox", default="auto", choices=("auto", "bwrap", "unshare", "none"),
+                   help="where generated code runs: auto (default) = the strongest that works here, bwrap "
+                   "(bubblewrap), unshare (util-linux namespaces), or none (rlimits only: never for "
+                   "untrusted models); see docs/RELIABILITY.md")
     h.add_argument("--samples-out", help="write every completion and its result to this .jsonl file")
     p.set_defaults(func=run)
 
@@ -62,6 +67,11 @@ def run(args: argparse.Namespace) -> int:
         if getattr(args, flag) is not None and getattr(args, flag) < 1:
             raise UserError(f"--{flag.replace('_', '-')} must be >= 1, got {getattr(args, flag)}")
     ks = parse_ks(args.k)
+    if args.humaneval:  # before the model loads: a machine without a sandbox is one error line, at once
+        from gpt2kit.humaneval import check_timeout, resolve_sandbox
+
+        check_timeout(args.timeout)
+        args.sandbox = resolve_sandbox(args.sandbox)
 
     from gpt2kit.generate import load_model_and_tokenizer
 
@@ -144,15 +154,18 @@ def run_humaneval(args: argparse.Namespace, model, tok, ks: list[int]) -> dict:
     completions = generate_completions(model, tok, problems, num_samples=n, max_new_tokens=args.max_new_tokens,
                                        temperature=temperature, top_p=args.top_p, seed=args.seed,
                                        progress=progress)
-    print(f"humaneval: running {sum(map(len, completions.values()))} programs", file=sys.stderr, flush=True)
-    results = check_completions(problems, completions, timeout=args.timeout, workers=args.workers)
+    print(f"humaneval: running {sum(map(len, completions.values()))} programs in sandbox {args.sandbox}",
+          file=sys.stderr, flush=True)
+    results = check_completions(problems, completions, timeout=args.timeout, workers=args.workers,
+                                sandbox=args.sandbox)
     if args.samples_out:
         with open(args.samples_out, "w", encoding="utf-8") as f:
             for task, rs in results.items():
                 for completion, r in zip(completions[task], rs):
                     row = {"task_id": task, "completion": completion, "passed": r.passed, "result": r.result}
                     f.write(json.dumps(row) + "\n")
-    return {**summarize(results, ks), "temperature": temperature, "max_new_tokens": args.max_new_tokens}
+    return {**summarize(results, ks), "temperature": temperature, "max_new_tokens": args.max_new_tokens,
+            "sandbox": args.sandbox.name}
 
 
 def print_table(results: dict) -> None:
@@ -168,7 +181,8 @@ def print_table(results: dict) -> None:
     if "humaneval" in results:
         h = results["humaneval"]
         rows += [(k, f"{v:.4f}") for k, v in h.items() if k.startswith("pass@")]
-        rows += [("problems", str(h["problems"])), ("samples per problem", str(h["samples_per_problem"]))]
+        rows += [("problems", str(h["problems"])), ("samples per problem", str(h["samples_per_problem"])),
+                 ("sandbox", h["sandbox"])]
     width = max(len(name) for name, _ in rows)
     print(f"{'metric':<{width}}  value")
     for name, value in rows:
