@@ -40,7 +40,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         description="Fine-tune a GPT-2 (--init) on a text file (one example per line or paragraph), a table "
         "of examples (--data.text_column), prompt/completion pairs (--data.format prompt_completion), or "
         "labelled texts (--task classify). "
-        "Defaults: 3 epochs, lr 5e-5 (2e-4 with --finetune.mode lora), 3%% warmup, dropout 0.1, 10%% of the "
+        "Defaults: 3 epochs, lr 5e-5 (2e-4 with --finetune.mode lora), 3% warmup, dropout 0.1, 10% of the "
         "examples held out, evaluation + checkpoint every epoch, early stopping, best checkpoint kept. "
         "Any config field can be set as --SECTION.FIELD VALUE; see docs/CONFIG.md.",
         epilog="example: gpt2kit finetune --init gpt2 --data jokes.txt --out runs/jokes --finetune.mode lora\n\n"
