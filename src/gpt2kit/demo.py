@@ -142,7 +142,7 @@ def run_demo(out: str | Path = "runs/demo", minutes: float = 5.0, max_steps: int
         print(f"----- {prompt.splitlines()[0]}\n{prompt}{c.text}", flush=True)
 
     say("[6/6] export to Hugging Face format, loaded back with transformers.pipeline:")
-    hf_dir = export(model, out / "hf", tokenizer=tok, overwrite=True)
+    hf_dir = export(model, out / "hf", tokenizer=tok, overwrite=True, source=run_dir)  # the card gets the run's facts
     from transformers import pipeline
 
     pipe = pipeline("text-generation", model=str(hf_dir), device="cpu")
