@@ -12,6 +12,11 @@ How, and why:
   (threads do not scale with it) while the main process reads files and writes results in order. At most
   `2 * workers` chunks are in flight: memory does not grow with the corpus. The `tokenizers` engine runs
   in-process, where its own thread pool parallelises each batch.
+- A huge document (one 200 MB line) is encoded in pieces of ~1 MB cut before an ASCII whitespace character that
+  follows a non-whitespace one: for GPT-2-style byte-level BPEs (`Tokenizer.cuttable`) no pre-token spans such a
+  point, so the ids are exactly those of the whole document (tested), and memory stays flat (the text itself is
+  held once). Where they could differ (a normalizer, another pre-tokenizer, non-special added tokens), documents
+  are encoded whole, and memory grows with the longest one; so does a stretch of >1 MB without such a point.
 - The split is by document: a document goes to validation when the hash of its key (path, or path:row) falls
   below `val_fraction`. Stable across runs and machines, and adding files does not move the others.
 - Small corpora: the hash may leave validation empty or smaller than one block. Then whole documents move from
@@ -21,7 +26,10 @@ How, and why:
   (`["val"]["from_train_tail"]`), cut anywhere. Either way every split records its real documents and UTF-8
   bytes (a document cut in two counts in both), so bits per byte is computable.
 - Everything is written to a temporary sibling directory and renamed into place at the end, so `out` is
-  either the old complete result or the new complete result, never half of one.
+  either the old complete result or the new complete result, never half of one. A prepare killed with -9 leaves
+  its `.NAME.tmp-PID` behind; the next prepare into the same parent removes those whose process is gone (on
+  this host: a marker file names the host, the PID and its start time), and puts back a previous result a kill
+  left swapped aside (`.old-NAME-PID`) between its two renames.
 - Re-running with the same sources (names, sizes, mtimes), tokenizer and options returns the existing result.
 """
 
@@ -32,7 +40,9 @@ import itertools
 import json
 import multiprocessing
 import os
+import re
 import shutil
+import socket
 import sys
 import time
 from collections import deque
@@ -53,6 +63,15 @@ SPLITS = ("train", "val")
 DEFAULT_VAL_FRACTION = 0.01
 DEFAULT_SHARD_TOKENS = 100_000_000  # 200 MB uint16 shards, like llm.c / nanochat
 _CHUNK_CHARS = 1 << 20
+_PIECE_CHARS = 1 << 20  # a longer document is encoded in pieces of about this many characters (cuttable tokenizers)
+# Where a document may be cut: before an ASCII whitespace character that follows a non-whitespace one (see
+# `Tokenizer.cuttable`); Python's \S is "not str.isspace()", stricter than the regex engines' Unicode \s.
+_CUT = re.compile(r"(?<=\S)[ \t\n\r]")
+_TMP_NAME = re.compile(r"^\.(?P<name>.+)\.tmp-(?P<pid>\d+)$")
+_OLD_NAME = re.compile(r"^\.old-(?P<name>.+)-(?P<pid>\d+)$")
+_MARKER = ".gpt2kit-prepare"  # inside a temporary directory: {"host", "pid", "start"} of the prepare writing it
+_OURS = re.compile(r"^((train|val)-\d{5}\.bin|meta\.json|tokenizer\.json|tokenizer_config\.json|"
+                   r"special_tokens_map\.json|\.gpt2kit-prepare)$")
 _CHECK_CHARS = 128 * 1024  # fast engine vs reference engine, on the first 128K characters of every corpus
 
 
@@ -218,19 +237,22 @@ def _worker_init(tok) -> None:
     _WORKER_TOKENIZER = tok
 
 
-def _encode_chunk(texts: list[str], flags: list[bool], eos: int, reference: bool, tokenizer=None) -> list:
-    """Ids of a chunk of documents, each followed by EOS, gathered per split (runs in a worker process)."""
+def _encode_chunk(texts: list[str], flags: list[bool], eos: int, reference: bool, tokenizer=None,
+                  ends: list[bool] | None = None) -> list:
+    """Ids of a chunk of documents, each followed by EOS, gathered per split (runs in a worker process).
+    `ends[i]` False: text i is a piece of a document that goes on in the next text (no EOS, not counted yet)."""
     tokenizer = tokenizer or _WORKER_TOKENIZER
     if reference or tokenizer.engine != "tiktoken":
         ids = tokenizer.encode_batch(texts) if tokenizer.engine != "tiktoken" else map(tokenizer.reference_encode, texts)
     else:
         ids = map(tokenizer.encode, texts)  # encode_ordinary: faster than encode_to_numpy, and one core each
     out = [([], 0, 0), ([], 0, 0)]
-    for a, t, f in zip(ids, texts, flags):
+    for a, t, f, end in zip(ids, texts, flags, ends or [True] * len(texts)):
         parts, n_docs, n_bytes = out[f]
         parts += a
-        parts.append(eos)
-        out[f] = (parts, n_docs + 1, n_bytes + len(t.encode("utf-8", "surrogatepass")))
+        if end:
+            parts.append(eos)
+        out[f] = (parts, n_docs + end, n_bytes + len(t.encode("utf-8", "surrogatepass")))
     return [(np.array(parts, dtype=np.uint32), n_docs, n_bytes) for parts, n_docs, n_bytes in out]
 
 
@@ -272,14 +294,37 @@ def _executor(tokenizer: Tokenizer, workers: int):
     return ProcessPoolExecutor(workers, mp_context=ctx, initializer=_worker_init, initargs=(init,))
 
 
-def _chunks(docs, chunk_chars: int):
+def cut_text(text: str, size: int = _PIECE_CHARS) -> Iterator[str]:
+    """`text` in pieces of about `size` characters, each cut before an ASCII whitespace character that follows a
+    non-whitespace one (so a cuttable tokenizer gives the same ids piece by piece); a stretch with no such point
+    stays in one piece."""
+    start = 0
+    while len(text) - start > size:
+        m = _CUT.search(text, start + size)
+        if m is None:
+            break
+        yield text[start : m.start()]
+        start = m.start()
+    yield text[start:] if start else text
+
+
+def _chunks(docs, chunk_chars: int, cuttable: bool = False):
+    """Lists of (text, key, ends_document) of about `chunk_chars` characters; long documents come in pieces
+    when the tokenizer is cuttable."""
     buf, n = [], 0
     for doc in docs:
-        buf.append(doc)
-        n += len(doc.text)
-        if n >= chunk_chars:
-            yield buf
-            buf, n = [], 0
+        if cuttable and len(doc.text) > _PIECE_CHARS:
+            pieces = cut_text(doc.text)
+        else:
+            pieces = iter((doc.text,))
+        piece = next(pieces)
+        for following in itertools.chain(pieces, (None,)):
+            buf.append((piece, doc.key, following is None))
+            n += len(piece)
+            if n >= chunk_chars:
+                yield buf
+                buf, n = [], 0
+            piece = following
     if buf:
         yield buf
 
@@ -349,9 +394,11 @@ def prepare(
         raise UserError(f"--out {out} exists and is not a prepared data directory; choose a new or empty directory")
 
     out.parent.mkdir(parents=True, exist_ok=True)
+    clean_stale(out.parent)
     tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
+    (tmp / _MARKER).write_text(json.dumps(_this_process()))
     try:
         meta = _write(corpus, tokenizer, tmp, val_fraction, workers, shard_tokens, progress, min_val_tokens)
         meta.update(source_fingerprint=fingerprint, sources=[str(s) for s in sources], options=options)
@@ -363,6 +410,7 @@ def prepare(
         _check_size(meta, block_size, out)
         tokenizer.save(tmp)
         (tmp / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
+        (tmp / _MARKER).unlink()
         replace_dir(tmp, out)
     except UserError:
         raise
@@ -378,6 +426,65 @@ def prepare(
     if progress:
         print(f"prepared {out}: {_summary(meta)}", file=sys.stderr)
     return meta
+
+
+def _start_time(pid: int) -> str | None:
+    """When process `pid` started (field 22 of /proc/PID/stat, clock ticks since boot), or None off Linux or when
+    it is gone: a PID reused by another process has another start time."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return stat.rsplit(")", 1)[-1].split()[19]
+
+
+def _this_process() -> dict:
+    return {"host": socket.gethostname(), "pid": os.getpid(), "start": _start_time(os.getpid())}
+
+
+def _process_gone(pid: int, marker: dict | None) -> bool:
+    """Whether `pid`, which wrote `marker` (None: an older gpt2kit wrote no marker), no longer runs on this host."""
+    if marker is not None and marker.get("host") != socket.gethostname():
+        return False  # another machine's prepare on a shared disk: not ours to judge
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        pass  # alive, someone else's
+    start = (marker or {}).get("start")
+    return start is not None and _start_time(pid) not in (None, start)  # the PID now names another process
+
+
+def clean_stale(parent: Path) -> list[Path]:
+    """Remove the temporary directories of prepares into `parent` that were killed (their process is gone), and
+    put back a previous result a kill left swapped aside (`.old-NAME-PID` without NAME). Only directories holding
+    nothing but files prepare writes are touched. Returns what was removed or restored."""
+    done: list[Path] = []
+    try:
+        entries = list(os.scandir(parent))
+    except OSError:
+        return done
+    for e in entries:
+        m = _TMP_NAME.match(e.name) or _OLD_NAME.match(e.name)
+        if m is None or not e.is_dir(follow_symlinks=False) or int(m["pid"]) == os.getpid():
+            continue
+        path = Path(e.path)
+        try:
+            names = os.listdir(path)
+            marker = json.loads((path / _MARKER).read_text()) if _MARKER in names else None
+        except (OSError, ValueError):
+            continue
+        if not all(_OURS.match(n) for n in names) or not _process_gone(int(m["pid"]), marker):
+            continue
+        final = parent / m["name"]
+        if m.re is _OLD_NAME and not final.exists() and "meta.json" in names:
+            os.replace(path, final)  # the kill came between replace_dir's two renames: the old result is back
+            done.append(final)
+            continue
+        shutil.rmtree(path, ignore_errors=True)
+        done.append(path)
+    return done
 
 
 def _write(corpus, tokenizer: Tokenizer, tmp: Path, val_fraction: float, workers: int, shard_tokens: int,
@@ -403,24 +510,26 @@ def _write(corpus, tokenizer: Tokenizer, tmp: Path, val_fraction: float, workers
             bar.set_postfix_str(f"{tokens / 1e6:.1f}M tokens, {mb / (time.perf_counter() - start):.1f} MB/s",
                                 refresh=False)
 
-    chunks = _chunks(corpus, _CHUNK_CHARS)
+    chunks = _chunks(corpus, _CHUNK_CHARS, tokenizer.cuttable)
     first = next(chunks, None)
     if first is not None:  # the fast engine must agree with the reference on a sample of this corpus
         sample, n = [], 0
-        for d in first:
+        for text, key, _ in first:
             if n >= _CHECK_CHARS:
                 break
-            sample.append(Document(d.text[: _CHECK_CHARS - n], d.key))  # any prefix is text to agree on
+            sample.append(Document(text[: _CHECK_CHARS - n], key))  # any prefix is text to agree on
             n += len(sample[-1].text)
         _check_engine(tokenizer, sample)
     reference = tokenizer.engine != "tiktoken"
     try:
         with _executor(tokenizer, workers) as pool:
             for chunk in itertools.chain([first] if first else [], chunks):
-                texts = [d.text for d in chunk]
-                flags = [is_val(d.key, val_fraction) for d in chunk]
+                texts = [text for text, _, _ in chunk]
+                flags = [is_val(key, val_fraction) for _, key, _ in chunk]
+                ends = [end for _, _, end in chunk]
                 pending.append(pool.submit(_encode_chunk, texts, flags, tokenizer.eos_id, reference,
-                                           tokenizer if isinstance(pool, _InlineExecutor) else None))
+                                           tokenizer if isinstance(pool, _InlineExecutor) else None, ends))
+                del texts, chunk  # the pool holds them while they are in flight, and no longer
                 drain(2 * workers)
             drain(0)
     finally:

@@ -263,6 +263,7 @@ class Source:
         except OSError as e:
             raise UserError(f"cannot read {path}: {e.strerror}; check its permissions") from e
         text = _decode(data, key, self.stats)
+        del data  # a huge file is then held once, as text, while it is consumed
         if text is None:
             return
         docs, how = split_documents(text, self.sample_by)

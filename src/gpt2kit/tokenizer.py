@@ -18,6 +18,7 @@ import json
 import os
 import sys
 from collections.abc import Iterable, Sequence
+from contextlib import contextmanager
 from functools import lru_cache
 from pathlib import Path
 
@@ -30,6 +31,10 @@ GPT2_PATTERN = r"""'(?:[sdmt]|ll|ve|re)| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+
 HELDOUT_SALT = "tokenizer-heldout:"
 _EOS_CANDIDATES = (EOS_TOKEN, "</s>", "<eos>", "<|end_of_text|>", "[SEP]")
 _PAD_CANDIDATES = (PAD_TOKEN, "<pad>", "[PAD]", "<|padding|>")
+# Ids past this are refused before `tokenizers` sees the file: it sizes tables by the largest id, so an id near
+# 2**32 costs minutes and gigabytes, or aborts the process when the allocation fails (exit 134). The largest
+# real vocabularies are ~256K ids; a model's embedding needs one row per id anyway.
+MAX_TOKEN_ID = 1 << 24
 
 
 class Tokenizer:
@@ -48,6 +53,9 @@ class Tokenizer:
         self.name = name
         vocab = tk.get_vocab(with_added_tokens=True)
         self.vocab_size: int = max(vocab.values()) + 1
+        if self.vocab_size > MAX_TOKEN_ID:
+            raise UserError(f"tokenizer {name or ''} has token id {self.vocab_size - 1:,}, beyond the {MAX_TOKEN_ID:,} "
+                            "ids gpt2kit supports; it is damaged or hand-edited - use another tokenizer")
         eos_token = eos_token or next((t for t in _EOS_CANDIDATES if t in vocab), None)
         if eos_token is None or eos_token not in vocab:
             raise UserError(
@@ -67,19 +75,33 @@ class Tokenizer:
         self._enc.encode_special_tokens = True
         self._tt = _tiktoken_encoding(text, self.sha256)
         self.engine = "tiktoken" if self._tt is not None else "tokenizers"
+        # Whether a text cut before an ASCII whitespace character that follows a non-whitespace one encodes to
+        # the same ids in pieces as whole (`prepare` cuts huge documents there to keep memory flat): true for
+        # GPT-2-style byte-level BPEs, whose pre-tokens never span such a point (see `_cuttable`).
+        self.cuttable: bool = self._tt is not None or _cuttable(json.loads(text))
+        if self._tt is None and '"Regex"' in text:
+            self._probe()
+
+    def _probe(self) -> None:
+        """Encode a few texts that make a backtracking regex explode, so a pathological custom pre-tokenizer
+        regex is refused when the tokenizer is loaded rather than in the middle of a corpus (milliseconds)."""
+        for probe in ("a" * 4096 + "!", "1" * 4096 + "!", " " * 4096 + "x", "a1 " * 1365 + "\x00"):
+            self.reference_encode(probe)
 
     # -- encoding -------------------------------------------------------------------------------
     def encode(self, text: str) -> list[int]:
         """Ids of `text`; special-token text inside it stays plain text."""
         if self._tt is not None:
             return self._tt.encode_ordinary(text)
-        return self._enc.encode(text, add_special_tokens=False).ids
+        with self._engine_errors():
+            return self._enc.encode(text, add_special_tokens=False).ids
 
     def encode_batch(self, texts: Sequence[str]) -> list[list[int]]:
         """Ids of many texts at once (parallel inside the engine)."""
         if self._tt is not None:
             return self._tt.encode_ordinary_batch(list(texts))
-        return [e.ids for e in self._enc.encode_batch(list(texts), add_special_tokens=False)]
+        with self._engine_errors():
+            return [e.ids for e in self._enc.encode_batch(list(texts), add_special_tokens=False)]
 
     def encode_to_numpy(self, text: str):
         """Ids as a uint32 numpy array, without a Python list in between (fast path for `prepare`)."""
@@ -88,11 +110,29 @@ class Tokenizer:
         if self._tt is not None:
             # With no special tokens registered in the tiktoken encoding, this is encode_ordinary.
             return self._tt.encode_to_numpy(text)
-        return np.asarray(self._enc.encode(text, add_special_tokens=False).ids, dtype=np.uint32)
+        with self._engine_errors():
+            return np.asarray(self._enc.encode(text, add_special_tokens=False).ids, dtype=np.uint32)
 
     def reference_encode(self, text: str) -> list[int]:
         """Ids from the `tokenizers` library itself: the definition the fast engine must agree with."""
-        return self._enc.encode(text, add_special_tokens=False).ids
+        with self._engine_errors():
+            return self._enc.encode(text, add_special_tokens=False).ids
+
+    @contextmanager
+    def _engine_errors(self):
+        """A tokenizer definition that fails on some text (e.g. a pre-tokenizer regex that backtracks past
+        Oniguruma's retry limit, which panics inside `tokenizers`) is the file's fault: one error line."""
+        try:
+            yield
+        except BaseException as e:  # pyo3's PanicException derives from BaseException
+            if isinstance(e, (KeyboardInterrupt, SystemExit, GeneratorExit, MemoryError)):
+                raise
+            if not (type(e).__name__ == "PanicException" or isinstance(e, Exception)):
+                raise
+            first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+            raise UserError(f"tokenizer {self.name or ''} cannot encode this text ({first}); its tokenizer.json is "
+                            "faulty (e.g. a pre-tokenizer regex that backtracks without end) - fix it or use "
+                            "another tokenizer") from None
 
     def use_reference_engine(self) -> None:
         """Encode with `tokenizers` from now on (used when a sample disagrees with the fast engine)."""
@@ -158,6 +198,20 @@ class Tokenizer:
             f"Tokenizer({self.name or 'custom'}, vocab_size={self.vocab_size}, eos_id={self.eos_id}, "
             f"pad_id={self.pad_id}, engine={self.engine})"
         )
+
+
+def _cuttable(spec: dict) -> bool:
+    """True when tokenizer.json `spec` pre-tokenizes with GPT-2's regex and nothing else sees across pre-tokens.
+
+    The regex's pieces are ` ?letters`, ` ?digits`, ` ?other`, `'s`-style suffixes and whitespace runs: no piece
+    holds a non-whitespace character followed by a whitespace one, and none looks behind, so the text before
+    such a point and the text from it on pre-tokenize (and so encode) exactly as they do inside the whole. A
+    normalizer, another pre-tokenizer, `add_prefix_space` (it would add a space to every piece) or non-special
+    added tokens (matched across pre-tokens) break that: those tokenizers encode every document whole."""
+    pre, model = spec.get("pre_tokenizer") or {}, spec.get("model") or {}
+    return (model.get("type") == "BPE" and spec.get("normalizer") is None and pre.get("type") == "ByteLevel"
+            and not pre.get("add_prefix_space") and pre.get("use_regex", True)
+            and all(t.get("special") for t in spec.get("added_tokens") or []))
 
 
 # -- tiktoken fast path ---------------------------------------------------------------------------
@@ -282,14 +336,38 @@ def _special_from_config(directory: Path) -> dict:
     return found
 
 
+def _check_ids(text: str, path: Path) -> None:
+    """Refuse a tokenizer.json whose ids `tokenizers` would choke on (see MAX_TOKEN_ID), before it loads it."""
+    try:
+        spec = json.loads(text)
+    except ValueError:
+        return  # `tokenizers` says what is wrong with it
+    if not isinstance(spec, dict):
+        return
+    vocab = (spec.get("model") or {}).get("vocab") if isinstance(spec.get("model"), dict) else None
+    ids = list(vocab.values()) if isinstance(vocab, dict) else []
+    ids += [t.get("id") for t in spec.get("added_tokens") or [] if isinstance(t, dict)]
+    big = max((i for i in ids if isinstance(i, int) and not isinstance(i, bool)), default=0)
+    if big >= MAX_TOKEN_ID:
+        raise UserError(f"tokenizer file {path} has token id {big:,}, beyond the {MAX_TOKEN_ID:,} ids gpt2kit "
+                        "supports; it is damaged or hand-edited - use the tokenizer.json that made the model")
+
+
 def _from_file(path: Path, name: str) -> Tokenizer:
     from tokenizers import Tokenizer as HFTokenizer
 
     try:
-        tk = HFTokenizer.from_file(str(path))
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise UserError(f"cannot read tokenizer file {path} ({e}); is it a tokenizer.json?") from e
+    _check_ids(text, path)
+    try:
+        tk = HFTokenizer.from_str(text)
+        return Tokenizer(tk, **_special_from_config(path.parent), name=name)
+    except UserError:
+        raise
     except Exception as e:
         raise UserError(f"cannot read tokenizer file {path}: {str(e).splitlines()[0]}; is it a tokenizer.json?") from e
-    return Tokenizer(tk, **_special_from_config(path.parent), name=name)
 
 
 def _from_transformers(src: str, name: str) -> Tokenizer:
