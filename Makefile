@@ -25,5 +25,16 @@ lint: $(STAMP)
 test: lint
 	HF_HUB_OFFLINE=1 $(PY) -m pytest -q
 
+# Issue 12's measurements, appended as markdown tables to $(BENCH_OUT): training-step throughput
+# (~5 min), then time to quality (3 budgets x 3 recipes: ~1 h on 2 cores; the first run also trains
+# the tokenizer and prepares the stdlib into runs/bench-ttq/). Run on an otherwise idle machine.
+# The other benchmarks' commands are in docs/BENCHMARKS.md.
+BENCH_OUT ?= runs/bench.md
+
+bench: $(STAMP)
+	@mkdir -p $(dir $(BENCH_OUT))
+	HF_HUB_OFFLINE=1 $(PY) benchmarks/throughput.py --out $(BENCH_OUT)
+	HF_HUB_OFFLINE=1 $(PY) benchmarks/time_to_quality.py --out $(BENCH_OUT)
+
 clean:
 	rm -rf $(VENV) build src/*.egg-info .pytest_cache

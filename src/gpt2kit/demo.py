@@ -18,6 +18,7 @@ import torch
 
 from gpt2kit.config import build_config
 from gpt2kit.errors import UserError
+from gpt2kit.model import GPTConfig
 
 # The standard library without its test suites: the tests are a third of the code and almost all
 # `self.assertEqual(...)`, which a small model then writes everywhere.
@@ -51,19 +52,22 @@ def _tokenizer(out: Path, vocab_size: int, limit: int | None):
     return tok
 
 
-def _calibrated_steps(model_overrides: dict, batch_size: int, block_size: int, minutes: float, precision: str) -> int:
-    """How many optimizer steps fit in `minutes`: time a few steps of the real model first,
-    so the cosine schedule ends where the time budget does."""
+def calibrate_steps(config: GPTConfig, batch_size: int, seconds: float, precision: str = "auto",
+                    margin: float = 1.1, min_steps: int = 20) -> int:
+    """How many optimizer steps of a `config` model (a GPTConfig) at `batch_size` x block_size tokens fit in
+    `seconds`: time a few steps of the real model first, so the cosine schedule ends where the time budget
+    does. `margin` > 1 leaves time for what the loop does besides these steps (the demo: its evaluations and
+    checkpoints). Also used by benchmarks/time_to_quality.py."""
     import torch.nn.functional as F
 
-    from gpt2kit.model import GPT, GPTConfig
+    from gpt2kit.model import GPT
     from gpt2kit.train import resolve_precision
 
     mixed = resolve_precision(precision, "cpu" if not torch.cuda.is_available() else "cuda")
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    model = GPT(GPTConfig.from_preset(**model_overrides)).to(device)
+    model = GPT(config).to(device)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
-    x = torch.randint(0, model.config.vocab_size, (batch_size, block_size), device=device)
+    x = torch.randint(0, model.config.vocab_size, (batch_size, config.block_size), device=device)
     dtype = torch.bfloat16 if mixed == "bf16" else torch.float16
 
     def step():
@@ -77,8 +81,8 @@ def _calibrated_steps(model_overrides: dict, batch_size: int, block_size: int, m
     t0 = time.time()
     for _ in range(3):
         step()
-    per_step = (time.time() - t0) / 3 * 1.1  # evaluation and checkpoints take some time too
-    return max(20, int(minutes * 60 / per_step))
+    per_step = (time.time() - t0) / 3 * margin
+    return max(min_steps, int(seconds / per_step))
 
 
 def run_demo(out: str | Path = "runs/demo", minutes: float = 5.0, max_steps: int | None = None,
@@ -109,7 +113,7 @@ def run_demo(out: str | Path = "runs/demo", minutes: float = 5.0, max_steps: int
 
     model_over = {"name": preset, "vocab_size": tok.vocab_size, "block_size": block_size}
     if max_steps is None:
-        max_steps = _calibrated_steps(model_over, batch_size, block_size, minutes, precision)
+        max_steps = calibrate_steps(GPTConfig.from_preset(**model_over), batch_size, minutes * 60, precision)
     say(f"[3/6] training a '{preset}' GPT-2 for {max_steps} steps (~{minutes:g} min budget) ...")
     every = max(10, max_steps // 4)  # each evaluation reads the whole held-out split: a few, exact ones
     cfg = build_config(None, {
