@@ -130,7 +130,7 @@ class Tokenizer:
             if not (type(e).__name__ == "PanicException" or isinstance(e, Exception)):
                 raise
             first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
-            raise UserError(f"tokenizer {self.name or ''} cannot encode this text ({first}); its tokenizer.json is "
+            raise UserError(f"tokenizer {self.name or ''} fails to encode text ({first}); its tokenizer.json is "
                             "faulty (e.g. a pre-tokenizer regex that backtracks without end) - fix it or use "
                             "another tokenizer") from None
 
