@@ -26,6 +26,7 @@ import tempfile
 import time
 
 import torch
+from _machine import loadavg
 
 
 def best_time(fn, repeats: int) -> float:
@@ -35,10 +36,6 @@ def best_time(fn, repeats: int) -> float:
         fn()
         best = min(best, time.perf_counter() - t0)
     return best
-
-
-def loadavg() -> str:
-    return open("/proc/loadavg").read().split()[0] if platform.system() == "Linux" else "?"
 
 
 def main() -> None:

@@ -20,7 +20,6 @@ import argparse
 import asyncio
 import json
 import os
-import platform
 import random
 import statistics
 import subprocess
@@ -30,20 +29,7 @@ import time
 
 import httpx
 import torch
-
-
-def cpu_model() -> str:
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "?"
-
-
-def loadavg() -> str:
-    return open("/proc/loadavg").read().split()[0] if platform.system() == "Linux" else "?"
+from _machine import cpu_name, loadavg
 
 
 def export_model(preset: str, out: str) -> str:
@@ -171,7 +157,7 @@ def main() -> None:
                 proc.wait(60)
             rows.append({"max_batch": max_batch, "sequential": seq, "concurrent": conc,
                          "max_batch_seen": health["max_batch_seen"], "loadavg": loadavg()})
-    meta = {"preset": args.preset, "params": size, "cpu": cpu_model(), "cores": os.cpu_count(),
+    meta = {"preset": args.preset, "params": size, "cpu": cpu_name(), "cores": os.cpu_count(),
             "torch": torch.__version__, "max_tokens": args.max_tokens, "prompt_len": args.prompt_len,
             "stream": args.stream, "temperature": args.temperature}
     if args.json:
