@@ -39,6 +39,28 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# What gloo / NCCL say when another process of the run died or cannot be reached.
+_PEER_MARKERS = ("Connection closed by peer", "Connection reset by peer", "Broken pipe", "ECONNRESET",
+                 "NCCL communicator was aborted", "Watchdog caught collective operation timeout", "timed out")
+
+
+def peer_failure(e: BaseException) -> str | None:
+    """One line for a distributed run whose peer died (kill -9, OOM killer, lost node), else None.
+
+    Only while a process group is up, so a single-process error is never mistaken for one."""
+    dist = sys.modules.get("torch.distributed")
+    if dist is None or not dist.is_available() or not dist.is_initialized():
+        return None
+    text = str(e)
+    if not (isinstance(e, getattr(dist, "DistError", ())) or any(m in text for m in _PEER_MARKERS)):
+        return None
+    # gloo: "[.../pair.cc:553] Read error [127.0.0.1]:31638: Connection reset by peer. This is typically ..."
+    detail = text.splitlines()[0].split("] ", 1)[-1].split(". ")[0][:160] if text else type(e).__name__
+    return (f"rank {dist.get_rank()} of {dist.get_world_size()} lost another process of the distributed run "
+            f"({detail}); that process's log says why. Checkpoints already written are complete: fix the "
+            "cause and start the run again with --resume auto")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
@@ -67,6 +89,12 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except RuntimeError as e:
+        why = peer_failure(e)
+        if why is None:
+            raise
+        print(f"error: {why}", file=sys.stderr)
+        return 1  # not the user's mistake, and not a bug here: the dead process's own log has the cause
     except BrokenPipeError:
         # `gpt2kit generate ... | head` closes stdout early; that is not an error.
         return 0
