@@ -20,12 +20,13 @@ from typing import Any
 import torch
 
 from gpt2kit import __version__
-from gpt2kit.atomic import make_temp_dir, replace_dir, write_text_atomic
+from gpt2kit.atomic import is_disk_full, make_temp_dir, replace_dir, write_text_atomic
 from gpt2kit.errors import UserError
 from gpt2kit.model import GPT, GPTConfig
 
 ARCHITECTURE = "gpt2kit.GPT"
 STEP_DIR = re.compile(r"^step-(\d{8})$")
+OLD_STEP_DIR = re.compile(r"^\.old-(step-\d{8})-\d+$")  # a re-save's swap, see replace_dir
 
 
 # ---------------------------------------------------------------- writing
@@ -116,9 +117,11 @@ def save_checkpoint(
     extra_files: more small text files to include (e.g. config.yaml).
     """
     ckpt_root.mkdir(parents=True, exist_ok=True)
+    recover_interrupted(ckpt_root)
     final = ckpt_root / f"step-{step:08d}"
-    tmp = make_temp_dir(ckpt_root, f".tmp-step-{step:08d}-")
+    tmp = None
     try:
+        tmp = make_temp_dir(ckpt_root, f".tmp-step-{step:08d}-")
         save_model_files(model, tmp, state_dict, finetune)
         (tmp / "state.json").write_text(json.dumps(state, indent=1) + "\n")
         if optimizer_state is not None:
@@ -128,18 +131,73 @@ def save_checkpoint(
         for name, text in (extra_files or {}).items():
             (tmp / name).write_text(text)
         _seal(tmp, final, f"step {step}")
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
+        write_text_atomic(ckpt_root / "latest", final.name + "\n")
+    except BaseException as e:
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
+        if isinstance(e, Exception) and is_disk_full(e, ckpt_root):
+            raise _disk_full(ckpt_root, final) from None
         raise
-    write_text_atomic(ckpt_root / "latest", final.name + "\n")
     return final
 
 
+def _disk_full(ckpt_root: Path, final: Path) -> UserError:
+    previous = find_checkpoint(ckpt_root.parent)
+    kept = f"{previous} is intact" if previous is not None else "no earlier checkpoint exists"
+    return UserError(f"no space left on the disk holding {ckpt_root} while saving {final.name} ({kept}); free some "
+                     "space, then continue with --resume auto (or lower train.keep_last)")
+
+
+def recover_interrupted(ckpt_root: Path) -> None:
+    """Finish what a killed writer left: a re-save of the same step swaps the old directory aside
+    (`.old-step-N-PID`) before moving the new one in; killed between the two renames, step-N is missing and the
+    old copy - complete, verified when it was written - goes back. Once step-N is back in place the copy is
+    garbage. Call this only while holding the run (the training process, under its lock)."""
+    if not ckpt_root.is_dir():
+        return
+    for d in sorted(ckpt_root.iterdir()):
+        m = OLD_STEP_DIR.match(d.name)
+        if not m or not d.is_dir():
+            continue
+        final = ckpt_root / m.group(1)
+        if not final.exists() and is_complete(d):
+            os.replace(d, final)
+        elif final.is_dir() and is_complete(final):
+            shutil.rmtree(d, ignore_errors=True)
+
+
+def update_checkpoint_state(directory: Path, changes: dict[str, Any]) -> None:
+    """Update state.json of a complete checkpoint (e.g. with the final evaluation, which runs after the save):
+    a sibling holding hard links to its other files (copies where the filesystem has no links) and the new
+    state.json is sealed and swapped in exactly like a re-save, so a crash leaves the old state or the new."""
+    state = {**json.loads((directory / "state.json").read_text()), **changes}
+    tmp = make_temp_dir(directory.parent, f".tmp-{directory.name}-")
+    try:
+        for p in sorted(directory.rglob("*")):
+            rel = p.relative_to(directory)
+            if p.is_dir():
+                (tmp / rel).mkdir(parents=True, exist_ok=True)
+            elif str(rel) not in ("state.json", "MANIFEST.json", "COMPLETE"):
+                try:
+                    os.link(p, tmp / rel)
+                except OSError:
+                    shutil.copy2(p, tmp / rel)
+        (tmp / "state.json").write_text(json.dumps(state, indent=1) + "\n")
+        _seal(tmp, directory, (directory / "COMPLETE").read_text().strip())
+    except BaseException as e:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if isinstance(e, Exception) and is_disk_full(e, directory.parent):
+            raise _disk_full(directory.parent, directory) from None
+        raise
+
+
 def prune_checkpoints(ckpt_root: Path, keep_last: int, keep: set[str] = frozenset()) -> None:
-    """Delete all but the newest `keep_last` complete checkpoints, never those named in `keep`."""
+    """Delete all but the newest `keep_last` complete checkpoints, never those named in `keep` nor those the
+    `latest` and `best` pointers name."""
     steps = complete_checkpoints(ckpt_root)
     if keep_last <= 0:
         return
+    keep = set(keep) | {_pointer(ckpt_root / name) for name in ("latest", "best")}
     for d in steps[:-keep_last]:
         if d.name not in keep:
             # Renamed first: a prune interrupted half-way must not leave a COMPLETE dir without weights.
@@ -149,6 +207,15 @@ def prune_checkpoints(ckpt_root: Path, keep_last: int, keep: set[str] = frozense
     # Leftovers of interrupted writes and prunes are garbage by construction.
     for d in [*ckpt_root.glob(".tmp-step-*"), *ckpt_root.glob(".trash-*")]:
         shutil.rmtree(d, ignore_errors=True)
+    recover_interrupted(ckpt_root)
+
+
+def _pointer(path: Path) -> str:
+    """The directory name a `latest` / `best` pointer file holds ('' when there is none or it is unreadable)."""
+    try:
+        return path.read_text(errors="replace").strip()
+    except OSError:
+        return ""
 
 
 # ---------------------------------------------------------------- reading
@@ -310,10 +377,20 @@ def run_config(src: str | os.PathLike):
     return None
 
 
-def load_checkpoint_state(directory: Path) -> tuple[dict, dict | None]:
-    """(state.json, optimizer state or None) of a verified checkpoint, loaded safely."""
+def load_checkpoint_state(directory: Path, required: tuple[str, ...] = ()) -> tuple[dict, dict | None]:
+    """(state.json, optimizer state or None) of a verified checkpoint, loaded safely; a UserError names the file
+    when state.json is unreadable or lacks one of the `required` keys."""
     verify_checkpoint(directory)
-    state = json.loads((directory / "state.json").read_text())
+    path = directory / "state.json"
+    try:
+        state = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise UserError(f"cannot read {path} ({type(e).__name__}); the checkpoint is damaged - "
+                        "use an earlier checkpoint") from None
+    missing = [k for k in required if not isinstance(state, dict) or k not in state]
+    if missing:
+        raise UserError(f"{path} lacks {', '.join(map(repr, missing))} (damaged, or written by another version); "
+                        "use an earlier checkpoint")
     opt = None
     if (directory / "optimizer.pt").exists():
         try:
@@ -322,3 +399,43 @@ def load_checkpoint_state(directory: Path) -> tuple[dict, dict | None]:
             raise UserError(f"cannot load {directory / 'optimizer.pt'} safely ({type(e).__name__}); "
                             "the checkpoint is damaged or was not written by gpt2kit") from None
     return state, opt
+
+
+def choose_checkpoint(run_dir: Path, required: tuple[str, ...] = (), warn=None
+                      ) -> tuple[Path, dict, dict | None] | None:
+    """(checkpoint, state, optimizer state) to resume run `run_dir` from: the one `latest` names, else the newest
+    complete one, falling back past any that is damaged (MANIFEST mismatch, missing or unreadable files, no
+    COMPLETE) with a `warn(message)` naming what was wrong. None when the run has no checkpoint at all; a UserError
+    when it has some but none is usable (starting over would silently throw the run away)."""
+    root = run_dir / "checkpoints"
+    if not root.is_dir():
+        return None
+    steps = sorted((d for d in root.iterdir() if d.is_dir() and STEP_DIR.match(d.name)), key=lambda d: d.name)
+    complete = [d for d in steps if is_complete(d)]
+    problems: list[tuple[str, str]] = []  # (step dir name or '', what is wrong)
+    order = complete[::-1]
+    named = _pointer(root / "latest")
+    if (root / "latest").exists():
+        target = root / named if STEP_DIR.match(named) else None
+        if target is not None and target in complete:
+            order.remove(target)
+            order.insert(0, target)
+        elif target is None or not target.is_dir():  # a step dir without COMPLETE is reported below
+            problems.append((named if STEP_DIR.match(named) else "",
+                             f"{root / 'latest'} names {named[:60]!r}, which is not a checkpoint"))
+    problems += [(d.name, f"{d} has no COMPLETE marker (interrupted or damaged)") for d in steps if d not in complete]
+    for ckpt in order:
+        try:
+            state, opt = load_checkpoint_state(ckpt, required)
+        except UserError as e:
+            problems.append((ckpt.name, str(e)))
+            continue
+        for name, what in problems:
+            if warn is not None and (not name or name > ckpt.name):
+                warn(f"warning: {what}; resuming from {ckpt.name}, the newest usable checkpoint")
+        return ckpt, state, opt
+    if not steps and not problems:
+        return None
+    why = "; ".join(what for _, what in problems) or "no checkpoint directory is complete"
+    raise UserError(f"no usable checkpoint in {root} ({why}); nothing was changed - resume from a checkpoint "
+                    "elsewhere with --resume DIR, or start over with --overwrite")

@@ -27,20 +27,24 @@ import torch
 
 from gpt2kit.atomic import write_text_atomic
 from gpt2kit.checkpoint import (
+    choose_checkpoint,
     complete_checkpoints,
     find_checkpoint,
     load_checkpoint_state,
     load_gpt2kit_dir,
     load_model,
     prune_checkpoints,
+    recover_interrupted,
     save_base,
     save_checkpoint,
     tokenizer_source,
+    update_checkpoint_state,
 )
 from gpt2kit.config import OptimArgs, TrainConfig
 from gpt2kit.errors import UserError
 from gpt2kit.metrics import MetricsLogger, check_trackers, flops_per_token, peak_flops
 from gpt2kit.model import GPT, GPTConfig, model_size, num_params
+from gpt2kit.rundir import MARKER, RunLock, is_empty, is_run_dir, remove_run_files, write_marker
 
 # ---------------------------------------------------------------- pure pieces
 
@@ -198,33 +202,67 @@ class StopRequested:
             signal.signal(s, h)
 
 
-def check_run_dir(out: Path, resume: str | None, overwrite: bool) -> tuple[Path | None, bool]:
-    """(checkpoint to resume from or None, whether to wipe `out` once set-up has succeeded).
+STATE_KEYS = ("step", "tokens", "rng", "loader")  # what a resume reads from state.json
 
-    Nothing is deleted here: a mistake found later in set-up must leave the old run intact."""
+
+@dataclass
+class RunPlan:
+    """What `open_run` decided about `--out`: the checkpoint to resume from (with its state and optimizer state
+    when this process loaded them), and whether to remove the old run's files once set-up has succeeded."""
+
+    resume_ckpt: Path | None = None
+    wipe: bool = False
+    saved_state: dict | None = None
+    opt_state: dict | None = None
+
+
+def check_out(out: Path, resume: str | None, overwrite: bool) -> None:
+    """The mistakes `--out` / `--resume` / `--overwrite` can hold that need no lock to see (nothing is written)."""
     if resume and overwrite:
         raise UserError("--resume and --overwrite contradict each other; pick one")
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {out} is a file; pass a directory for the run")
-    exists = out.is_dir() and any(out.iterdir())
-    if resume == "auto":
-        return (find_checkpoint(out) if exists else None), False
+    if is_empty(out) or is_run_dir(out):
+        return
+    what = f"{out} is not a gpt2kit run directory (it has no {MARKER} marker) and is not empty"
+    if overwrite:
+        raise UserError(f"{what}; --overwrite only replaces runs, so nothing was deleted - choose another --out")
     if resume:
-        ckpt = Path(resume)
+        raise UserError(f"{what}; --resume {resume} only continues into a run, so nothing was changed - "
+                        "choose another (new or empty) --out")
+    raise UserError(f"{what}; choose another (new or empty) --out")
+
+
+def open_run(out: Path, resume: str | None, overwrite: bool, warn: Callable[[str], None]) -> RunPlan:
+    """Decide how `train` treats `out` (call it holding the run's lock). Nothing is deleted here: a mistake found
+    later in set-up must leave the old run intact."""
+    check_out(out, resume, overwrite)  # again: another process may have changed --out before we held the lock
+    fresh = is_empty(out)
+    if resume == "auto":
+        if fresh:
+            return RunPlan()
+        recover_interrupted(out / "checkpoints")
+        found = choose_checkpoint(out, STATE_KEYS, warn)
+        if found is None:
+            warn(f"{out} has no checkpoint yet: starting it from step 0")
+            return RunPlan()
+        return RunPlan(found[0], False, found[1], found[2])
+    if resume:
+        ckpt = Path(resume).expanduser()
         if (ckpt / "checkpoints").is_dir():
-            ckpt = find_checkpoint(ckpt)
-        if ckpt is None or not ckpt.is_dir() or not (ckpt / "COMPLETE").exists():
+            found = choose_checkpoint(ckpt, STATE_KEYS, warn)
+            if found is None:
+                raise UserError(f"--resume {resume}: that run has no checkpoint yet; use --resume auto or a "
+                                "step-* dir")
+            return RunPlan(found[0], False, found[1], found[2])
+        if not ckpt.is_dir() or not (ckpt / "COMPLETE").exists():
             raise UserError(f"--resume {resume}: no complete checkpoint there; use --resume auto or a step-* dir")
-        return ckpt, False
-    if exists:
-        if not overwrite:
-            raise UserError(f"run directory {out} already exists; pass --resume auto to continue it, "
-                            "--overwrite to start over, or choose another --out")
-        if not any((out / n).exists() for n in ("config.yaml", "metrics.jsonl", "checkpoints")):
-            raise UserError(f"{out} is not a gpt2kit run directory; --overwrite only replaces runs - "
-                            "choose another --out")
-        return None, True
-    return None, False
+        saved, opt = load_checkpoint_state(ckpt, STATE_KEYS)
+        return RunPlan(ckpt, False, saved, opt)
+    if not fresh and not overwrite:
+        raise UserError(f"run directory {out} already exists; pass --resume auto to continue it, "
+                        "--overwrite to start over, or choose another --out")
+    return RunPlan(wipe=not fresh)
 
 
 def set_aside_later_checkpoints(ckpt_root: Path, step: int) -> None:
@@ -242,6 +280,23 @@ def set_aside_later_checkpoints(ckpt_root: Path, step: int) -> None:
         best.unlink()
     write_text_atomic(ckpt_root / "latest", f"step-{step:08d}\n")
     print(f"newer checkpoints than step {step} moved to {aside}", file=sys.stderr)
+
+
+def on_main(accelerator, fn):
+    """Run `fn` on rank 0 only; its (picklable) result, or its UserError, reaches every rank."""
+    from accelerate.utils import broadcast_object_list
+
+    box = [None, None]
+    if accelerator.is_main_process:
+        try:
+            box[0] = fn()
+        except UserError as e:
+            box[1] = str(e)
+    if accelerator.num_processes > 1:
+        broadcast_object_list(box)
+    if box[1] is not None:
+        raise UserError(box[1])
+    return box[0]
 
 
 def main_first(accelerator, fn):
@@ -496,10 +551,34 @@ def finish_model(cfg: TrainConfig, model: GPT, labels: list[str] | None, resume_
     return model.train(), base
 
 
+class _Hold:
+    """The run's lock while `train` runs, and whether the run directory was written yet (if not, a failed
+    set-up removes the lock file and any directory it created)."""
+
+    def __init__(self):
+        self.lock = None
+        self.written = False
+
+    def release(self) -> None:
+        if self.lock is not None:
+            self.lock.release(failed_setup=not self.written)
+
+
 def train(cfg: TrainConfig, out: str | os.PathLike, resume: str | None = None, overwrite: bool = False,
           quiet: bool = False, on_eval: Callable[[int, dict], bool | None] | None = None) -> RunResult:
-    # on_eval(step, metrics) runs after every evaluation; a true result ends the run there as early stopping
-    # does (final checkpoint, normal return): how `gpt2kit sweep` prunes a hopeless trial.
+    """Train `cfg` into run directory `out` (see the module docstring), holding the run's lock throughout.
+
+    on_eval(step, metrics) runs after every evaluation; a true result ends the run there as early stopping
+    does (final checkpoint, normal return): how `gpt2kit sweep` prunes a hopeless trial."""
+    hold = _Hold()
+    try:
+        return _train(cfg, Path(out), resume, overwrite, quiet, on_eval, hold)
+    finally:
+        hold.release()
+
+
+def _train(cfg: TrainConfig, out: Path, resume: str | None, overwrite: bool, quiet: bool,
+           on_eval: Callable[[int, dict], bool | None] | None, hold: _Hold) -> RunResult:
     from accelerate import Accelerator
     from accelerate.utils import DistributedType, gather_object
 
@@ -517,7 +596,6 @@ def train(cfg: TrainConfig, out: str | os.PathLike, resume: str | None = None, o
     from gpt2kit.tasks import LMTask
 
     t_start = time.time()
-    out = Path(out)
     t = cfg.train
     plan_steps(t, 1)  # train.epochs together with train.max_steps: say so before any data is prepared
     device_type = resolve_train_device(t.device)
@@ -538,9 +616,23 @@ def train(cfg: TrainConfig, out: str | os.PathLike, resume: str | None = None, o
             "--cpu` starts one; use `--multi_gpu --num_processes N`, or torchrun --nproc_per_node N, for N CPU "
             "processes)")
 
-    resume_ckpt, wipe = check_run_dir(out, resume, overwrite)
+    # ---- the run directory: rank 0 locks it and decides; every rank learns the decision (or the error)
+    plan: RunPlan | None = None
+
+    def decide() -> RunPlan:
+        nonlocal plan
+        check_out(out, resume, overwrite)  # before a lock file is created in a directory that is not a run
+        hold.lock = RunLock(out)
+        plan = open_run(out, resume, overwrite, log)
+        return RunPlan(plan.resume_ckpt, plan.wipe)  # what the other ranks need, without the loaded state
+
+    shared = on_main(accelerator, decide)
+    plan = plan if is_main else shared
+    resume_ckpt, wipe = plan.resume_ckpt, plan.wipe
     state = LoopState()
-    saved_state, opt_state = (load_checkpoint_state(resume_ckpt) if resume_ckpt is not None else ({}, None))
+    if resume_ckpt is not None and plan.saved_state is None:
+        plan.saved_state, plan.opt_state = load_checkpoint_state(resume_ckpt, STATE_KEYS)
+    saved_state, opt_state = (plan.saved_state, plan.opt_state) if resume_ckpt is not None else ({}, None)
     if saved_state.get("stopped_early"):
         log(f"{out} stopped early at step {saved_state['step']} (no better val loss in {t.early_stopping} "
             "evaluations); nothing to resume - start a new --out, or --overwrite, to train again")
@@ -591,9 +683,15 @@ def train(cfg: TrainConfig, out: str | os.PathLike, resume: str | None = None, o
         if opt_state is not None:
             optimizer.load_state_dict(opt_state["optimizer"])
         state = LoopState.from_json(saved_state)
-        train_loader.load_state_dict(saved_state["loader"])
-        rngs = saved_state["rng"]
-        set_rng_state(rngs[rank] if rank < len(rngs) else rngs[0])
+        try:
+            train_loader.load_state_dict(saved_state["loader"])
+            rngs = saved_state["rng"]
+            set_rng_state(rngs[rank] if rank < len(rngs) else rngs[0])
+        except UserError:
+            raise
+        except (KeyError, IndexError, TypeError, ValueError, AttributeError) as e:
+            raise UserError(f"{resume_ckpt / 'state.json'} has a damaged loader position or RNG state "
+                            f"({type(e).__name__}: {e}); resume from an earlier checkpoint") from None
         log(f"resuming from {resume_ckpt} (step {state.step}, {state.tokens:,} tokens)")
     else:
         seed_everything(t.seed + rank)  # dropout masks differ across ranks
@@ -611,8 +709,13 @@ def train(cfg: TrainConfig, out: str | os.PathLike, resume: str | None = None, o
     # ---- run directory: set-up succeeded, so now (and only now) an old run may be replaced
     if is_main:
         if wipe:
-            shutil.rmtree(out)
+            kept = remove_run_files(out)
+            if kept:
+                log(f"--overwrite: kept {len(kept)} entries gpt2kit did not write in {out}: {', '.join(kept[:5])}"
+                    + (", ..." if len(kept) > 5 else ""))
         out.mkdir(parents=True, exist_ok=True)
+        hold.written = True
+        write_marker(out)
         if resume_ckpt is not None and resume_ckpt.parent == out / "checkpoints":
             set_aside_later_checkpoints(out / "checkpoints", state.step)
         write_text_atomic(out / "config.yaml", cfg.to_yaml())
@@ -651,32 +754,74 @@ def train(cfg: TrainConfig, out: str | os.PathLike, resume: str | None = None, o
     fpt = flops_per_token(matmul_params, raw_model.config.n_layer, raw_model.config.n_embd, block_size)
     peak = peak_flops(device, torch.float32 if mixed == "no" else torch.bfloat16) * world
 
-    def checkpoint(reason: str, val_here: float | None) -> Path | None:
-        """Save; `val_here` is this step's validation loss when it was evaluated (it may become `best`)."""
+    def checkpoint(reason: str, val_here: float | None, final_eval_pending: bool = False) -> Path | None:
+        """Save; `val_here` is this step's validation loss when it was evaluated (it may become `best`);
+        `final_eval_pending`: saved before the final evaluation, which `record_final_eval` then adds."""
         rngs = gather_object([rng_state()])
         weights = full_state_dict(accelerator, model)
-        is_best = val_here is not None and math.isfinite(val_here) and (
-            state.best_ckpt_val_loss is None or val_here < state.best_ckpt_val_loss)
-        if is_best:
-            state.best_ckpt_val_loss = val_here
+        is_best = mark_best(val_here)
         path = None
         if is_main:
             if partial:
                 weights = partial_state_dict(weights, trained)
             elapsed = state.elapsed + time.time() - t_start
             saved = {**state.to_json(), "elapsed": elapsed, "loader": train_loader.state_dict(), "rng": rngs,
-                     "world_size": world, "reason": reason}
+                     "world_size": world, "reason": reason, "final_eval_pending": final_eval_pending}
             opt = {"optimizer": optimizer.state_dict(),
                    "scaler": accelerator.scaler.state_dict() if accelerator.scaler is not None else None}
             root = out / "checkpoints"
             path = save_checkpoint(root, state.step, raw_model, saved, opt, tokenizer,
                                    extra_files={"config.yaml": cfg.to_yaml()}, state_dict=weights, finetune=ft_meta)
-            if is_best:
-                write_text_atomic(root / "best", path.name + "\n")
-            best_name = (root / "best").read_text().strip() if (root / "best").exists() else ""
-            prune_checkpoints(root, t.keep_last, keep={best_name, path.name})
+            point_best_and_prune(path, is_best)
         accelerator.wait_for_everyone()
         return path
+
+    def mark_best(val_here: float | None) -> bool:
+        """Whether a checkpoint with this validation loss becomes `best` (the state remembers it)."""
+        is_best = val_here is not None and math.isfinite(val_here) and (
+            state.best_ckpt_val_loss is None or val_here < state.best_ckpt_val_loss)
+        if is_best:
+            state.best_ckpt_val_loss = val_here
+        return is_best
+
+    def point_best_and_prune(path: Path, is_best: bool) -> None:
+        root = out / "checkpoints"
+        if is_best:
+            write_text_atomic(root / "best", path.name + "\n")
+        best_name = (root / "best").read_text().strip() if (root / "best").exists() else ""
+        prune_checkpoints(root, t.keep_last, keep={best_name, path.name})
+
+    def record_final_eval(path: Path | None, val_here: float | None) -> None:
+        """The final evaluation runs after the final save, so a crash in it loses nothing; its result then
+        goes into that checkpoint's state.json and may make it `best`."""
+        is_best = mark_best(val_here)
+        if is_main and path is not None:
+            changes = {k: v for k, v in state.to_json().items() if k != "elapsed"}
+            update_checkpoint_state(path, {**changes, "final_eval_pending": False})
+            point_best_and_prune(path, is_best)
+        accelerator.wait_for_everyone()
+
+    def evaluate(step: int, epoch_end: bool) -> dict:
+        """Evaluate, keep the best/last validation loss in the state, log the result."""
+        nonlocal last_result
+        eval_model.eval()
+        result = last_result = task.evaluate(eval_model, _limited(val_loader, eval_batches), accelerator)
+        eval_model.train()
+        state.last_val_loss = result[task.metric]
+        if math.isfinite(state.last_val_loss) and (state.best_val_loss is None
+                                                   or state.last_val_loss < state.best_val_loss):
+            state.best_val_loss, state.evals_since_best = state.last_val_loss, 0
+        else:
+            state.evals_since_best += 1
+        if metrics:
+            row = {"step": step, **{k: v for k, v in result.items() if k not in ("val_tokens", "val_examples")}}
+            if aligned:
+                row["epoch"] = round(train_loader.position / train_loader.num_items, 4)
+            metrics.log(row)
+        where = f" (epoch {train_loader.epoch})" if epoch_end else ""
+        if is_main and not quiet:
+            bar.write(f"step {step}{where}: {task.describe(result)}", file=sys.stderr)
+        return result
 
     # ---- the loop
     last_ckpt, last_result = None, None
@@ -689,6 +834,11 @@ def train(cfg: TrainConfig, out: str | os.PathLike, resume: str | None = None, o
     t_window, tokens_window = time.time(), 0
     try:
         with StopRequested() as stop:
+            if (saved_state.get("final_eval_pending") and state.step >= max_steps
+                    and resume_ckpt.parent == out / "checkpoints"):
+                log(f"the final evaluation of step {state.step} did not finish: evaluating now")
+                evaluate(state.step, False)
+                record_final_eval(resume_ckpt, state.last_val_loss)
             while state.step < max_steps:
                 state.step += 1
                 step = state.step
@@ -766,27 +916,15 @@ def train(cfg: TrainConfig, out: str | os.PathLike, resume: str | None = None, o
                                     mfu=f"{100 * row['mfu']:.1f}%", refresh=False)
                 bar.update(1)
 
+                # -- the final checkpoint comes before the final evaluation: a crash there loses nothing
+                saved_first = last_step
+                if saved_first:
+                    last_ckpt = checkpoint("signal" if signum else "end", None, final_eval_pending=True)
+
                 # -- evaluate once in a while, at the end of every epoch, and at the end
                 evaluated = False
                 if (t.eval_every and step % t.eval_every == 0) or epoch_end or last_step:
-                    eval_model.eval()
-                    result = last_result = task.evaluate(eval_model, _limited(val_loader, eval_batches), accelerator)
-                    eval_model.train()
-                    state.last_val_loss, evaluated = result[task.metric], True
-                    if math.isfinite(state.last_val_loss) and (state.best_val_loss is None
-                                                               or state.last_val_loss < state.best_val_loss):
-                        state.best_val_loss, state.evals_since_best = state.last_val_loss, 0
-                    else:
-                        state.evals_since_best += 1
-                    if metrics:
-                        row = {"step": step, **{k: v for k, v in result.items()
-                                                if k not in ("val_tokens", "val_examples")}}
-                        if aligned:
-                            row["epoch"] = round(train_loader.position / train_loader.num_items, 4)
-                        metrics.log(row)
-                    where = f" (epoch {train_loader.epoch})" if epoch_end else ""
-                    if is_main and not quiet:
-                        bar.write(f"step {step}{where}: {task.describe(result)}", file=sys.stderr)
+                    result, evaluated = evaluate(step, epoch_end), True
                     if t.early_stopping and state.evals_since_best >= t.early_stopping and not last_step:
                         log(f"early stopping: no better val loss in {t.early_stopping} evaluations")
                         last_step = state.stopped_early = True
@@ -795,7 +933,10 @@ def train(cfg: TrainConfig, out: str | os.PathLike, resume: str | None = None, o
                         last_step = True
 
                 # -- checkpoint once in a while, at every epoch's end, at the end, and when asked to stop
-                if (t.ckpt_every and step % t.ckpt_every == 0) or epoch_end or last_step or signum:
+                if saved_first:
+                    if evaluated:
+                        record_final_eval(last_ckpt, state.last_val_loss)
+                elif (t.ckpt_every and step % t.ckpt_every == 0) or epoch_end or last_step or signum:
                     last_ckpt = checkpoint("signal" if signum else "end" if last_step else "periodic",
                                            state.last_val_loss if evaluated else None)
                 if signum:
@@ -823,7 +964,7 @@ def train(cfg: TrainConfig, out: str | os.PathLike, resume: str | None = None, o
             best = find_checkpoint(out, "best") or last_ckpt
             bv = state.best_val_loss
             seen = f"{state.tokens:,} {'examples' if classify else 'tokens'}"
-            quality = (f"ppl {math.exp(min(bv, 50)):.2f}" if not classify else
+            quality = ("" if bv is None else f"ppl {math.exp(min(bv, 50)):.2f}" if not classify else
                        f"last evaluation: {task.describe(last_result)}; confusion matrix {out / 'confusion.png'}"
                        if last_result else "")
             log(f"done: {state.step} steps, {seen} in {seconds / 60:.1f} min; best val loss {bv:.4f} ({quality}); "

@@ -49,8 +49,10 @@ def resolve_config(args: argparse.Namespace, defaults: dict | None = None):
         overrides["data.tokenizer"] = args.tokenizer
     if args.init:
         overrides["model.init"] = args.init
+    from gpt2kit.rundir import is_run_dir
+
     saved = Path(args.out) / "config.yaml"
-    if args.resume and saved.exists():
+    if args.resume and saved.exists() and is_run_dir(Path(args.out)):  # a user's own config.yaml is not a run's
         base = build_config(load_yaml(saved))
     else:
         base = build_config(None, defaults) if defaults else None
