@@ -1,4 +1,7 @@
 import json
+import re
+
+import pytest
 
 from gpt2kit.cli import main
 
@@ -11,6 +14,7 @@ def test_demo_end_to_end_at_tiny_size(tmp_path, capsys):
     assert main(args) == 0
     cap = capsys.readouterr()
     assert "perplexity" in cap.err and "summary" in cap.err
+    assert re.search(r"parses +\d+ of \d+ completions of held-out function signatures", cap.err)
     assert cap.out.count("----- ") == 4  # three completions + the transformers pipeline one
     assert "def fibonacci(n):" in cap.out
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -27,3 +31,29 @@ def test_demo_end_to_end_at_tiny_size(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "tokenizer: reusing" in err
     assert len(list((out / "data").iterdir())) == 1
+
+
+@pytest.mark.parametrize("completion, ok", [
+    ("\n    return n\n\ndef other():\n", True),                 # ends at the dedent
+    ("\n    if n < 2:\n        return n\n    return fib(", True),  # token budget cut: complete lines judged
+    ("\n    return n +\nx = 1\n", False),                         # a body that does not parse
+    ("\n\nclass A:\n    pass\n", False),                          # no body before the dedent
+    (" return n\n", True),                                           # a one-line body after the colon
+    ("\n    x = (\n", False),                                       # only a cut line
+])
+def test_completion_parse_check(completion, ok):
+    from gpt2kit.demo import parses
+
+    assert parses("def fib(n):", completion) is ok
+
+
+def test_held_out_signatures_come_from_the_validation_split(prepared_dir, small_tokenizer):
+    import numpy as np
+
+    from gpt2kit.demo import held_out_signatures
+    from gpt2kit.prepare import load_split
+
+    sigs = held_out_signatures(prepared_dir, small_tokenizer, n=5)
+    assert len(sigs) == 5 and all(s.startswith("def ") and s.endswith(":") for s in sigs)
+    val_text = small_tokenizer.decode(np.concatenate(load_split(prepared_dir, "val")).tolist())
+    assert all(s in val_text for s in sigs)

@@ -52,6 +52,57 @@ def _tokenizer(out: Path, vocab_size: int, limit: int | None):
     return tok
 
 
+def held_out_signatures(data_dir: Path, tok, n: int = 20) -> list[str]:
+    """`n` function signatures (`def name(args):`, dedented) spread evenly over the held-out modules, read back
+    from the validation shards, so the model never trained on the code that follows them."""
+    import ast
+
+    import numpy as np
+
+    from gpt2kit.prepare import load_split, read_meta
+
+    meta = read_meta(data_dir)
+    ids = np.concatenate([np.asarray(s) for s in load_split(data_dir, "val", meta)] or [np.zeros(0, np.int64)])
+    cuts = np.flatnonzero(ids == meta["eos_id"]).tolist()
+    found = []
+    for a, b in zip([-1, *cuts], [*cuts, len(ids)]):
+        source = tok.decode(ids[a + 1 : b].tolist())
+        try:
+            tree = ast.parse(source)
+        except (SyntaxError, ValueError):
+            continue
+        lines = source.splitlines()
+        for node in ast.walk(tree):
+            if isinstance(node, ast.FunctionDef) and node.body[0].lineno == node.lineno + 1:  # a one-line signature
+                line = lines[node.lineno - 1].strip()
+                if line.startswith("def ") and line.endswith(":"):
+                    found.append(line)
+    return [found[i * len(found) // n] for i in range(n)] if len(found) >= n else found
+
+
+def parses(prompt: str, completion: str) -> bool:
+    """Whether `prompt` + `completion` up to the first line back at the prompt's indentation (the end of the
+    function) is valid Python. A completion that never returns there is judged on its complete lines."""
+    import ast
+
+    head, *rest = (prompt + completion).split("\n")
+    body, ended = [], False
+    for line in rest:
+        if line.strip() and not line[:1].isspace():
+            ended = True
+            break
+        body.append(line)
+    if not ended and body:
+        body = body[:-1]  # the last line may be cut mid-way by the token budget
+    if head.rstrip() == prompt.rstrip() and not any(line.strip() for line in body):
+        return False  # no body at all
+    try:
+        ast.parse("\n".join([head, *body]) + "\n")
+    except (SyntaxError, ValueError):
+        return False
+    return True
+
+
 def calibrate_steps(config: GPTConfig, batch_size: int, seconds: float, precision: str = "auto",
                     margin: float = 1.1, min_steps: int = 20) -> int:
     """How many optimizer steps of a `config` model (a GPTConfig) at `batch_size` x block_size tokens fit in
@@ -144,6 +195,12 @@ def run_demo(out: str | Path = "runs/demo", minutes: float = 5.0, max_steps: int
                                 stop=["\n\n\n", "\nclass ", "\nif __name__"])
     for prompt, c in zip(PROMPTS, completions):
         print(f"----- {prompt.splitlines()[0]}\n{prompt}{c.text}", flush=True)
+    signatures = held_out_signatures(data_dir, tok)
+    outs = generate_text(model, tok, signatures, 2 * max_new_tokens, temperature=0.5, top_k=40, seed=0,
+                         repetition_penalty=1.1)
+    parsed = sum(parses(sig, o.text) for sig, o in zip(signatures, outs))
+    say(f"      {parsed} of {len(signatures)} completions of held-out function signatures parse as Python "
+        "(ast.parse, up to the end of the function)")
 
     say("[6/6] export to Hugging Face format, loaded back with transformers.pipeline:")
     hf_dir = export(model, out / "hf", tokenizer=tok, overwrite=True, source=run_dir)  # the card gets the run's facts
@@ -156,12 +213,14 @@ def run_demo(out: str | Path = "runs/demo", minutes: float = 5.0, max_steps: int
     summary = {
         "steps": result.step, "tokens": result.tokens, "train_minutes": round(result.seconds / 60, 2),
         "val_loss": final["val_loss"], "val_ppl": final["val_ppl"], "val_bpb": final["val_bpb"],
+        "parse_rate": parsed / max(1, len(signatures)), "parse_of": len(signatures),
         "run": str(run_dir), "checkpoint": str(result.checkpoint), "hf_export": str(hf_dir),
         "loss_curve": str(run_dir / "loss.png"), "total_minutes": round((time.time() - t_start) / 60, 2),
     }
     say("\nsummary")
     say(f"  trained {summary['steps']} steps / {summary['tokens']:,} tokens in {summary['train_minutes']} min; "
         f"val perplexity {summary['val_ppl']:.2f} ({summary['val_bpb']:.3f} bits/byte)")
+    say(f"  parses      {parsed} of {len(signatures)} completions of held-out function signatures")
     say(f"  run dir     {run_dir}  (metrics.jsonl, tensorboard/, checkpoints/)")
     say(f"  loss curve  {summary['loss_curve']}")
     say(f"  HF model    {hf_dir}  (AutoModelForCausalLM.from_pretrained('{hf_dir}'))")
