@@ -149,3 +149,29 @@ def test_the_next_prepare_removes_what_a_killed_one_left(tmp_path, corpus_dir):
     finally:
         alive.kill()
         alive.wait()
+
+
+def test_disk_full_during_prepare_is_one_error_line_and_keeps_the_old_result(corpus_dir, small_tokenizer, tmp_path,
+                                                                             monkeypatch, capsys):
+    import errno
+
+    import gpt2kit.prepare as prep
+    from gpt2kit.cli import main
+
+    out = tmp_path / "data"
+    prepare([str(corpus_dir / "glob.py")], small_tokenizer, out, progress=False, workers=1)
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    small_tokenizer.save(tmp_path / "tok")
+
+    def full(self, ids):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(prep._ShardWriter, "write", full)
+    assert main(["prepare", "--data", str(corpus_dir), "--tokenizer", str(tmp_path / "tok"), "--out", str(out),
+                 "--workers", "1"]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and [ln for ln in err.splitlines() if ln.startswith("error:")] == [
+        next(ln for ln in err.splitlines() if ln.startswith("error:"))]
+    assert "no space left" in err and "as it was" in err
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["data", "tok"]  # no temporary directory left
