@@ -47,6 +47,13 @@ class ModelArgs:
     rope: bool | None = _f(None, "rotary position embeddings instead of learned positions")
     rope_theta: float | None = _f(None, "RoPE base")
     sliding_window: int | None = _f(None, "local attention window in tokens; null = full context")
+    qk_norm: bool | None = _f(None, "RMS-normalise queries and keys per head (no learned gain) before attention; "
+                                    "not exportable to GPT-2")
+    mlp_act: str | None = _f(None, "MLP activation: gelu (GPT-2's, tanh approximation) or relu2 (ReLU squared; "
+                                   "not exportable to GPT-2); null = gelu", choices=("gelu", "relu2"))
+    zero_init_proj: bool | None = _f(None, "start attn.c_proj and mlp.c_proj at zero (init only; exportable)")
+    logit_softcap: float | None = _f(None, "cap the logits smoothly: cap * tanh(logits / cap); null = off; "
+                                           "not exportable to GPT-2", min=0.0, exclusive_min=True)
 
     def overrides(self) -> dict[str, Any]:
         """GPTConfig fields the user set."""
@@ -95,9 +102,20 @@ class OptimArgs:
     warmup_steps: int = _f(100, "linear warmup steps", min=0)
     warmup_fraction: float | None = _f(None, "warmup as a fraction of the run's steps (replaces warmup_steps)",
                                        min=0.0, max=1.0)
-    schedule: str = _f("cosine", "learning-rate decay after warmup", choices=("cosine", "linear", "constant"))
+    schedule: str = _f("cosine", "learning-rate decay after warmup (wsd: warmup-stable-decay, constant then a "
+                                 "linear decay over the last decay_fraction of the steps)",
+                       choices=("cosine", "linear", "constant", "wsd"))
+    decay_fraction: float = _f(0.2, "schedule wsd: share of the run's steps spent decaying to min_lr",
+                               min=0.0, max=1.0)
     grad_clip: float = _f(1.0, "clip the global gradient norm to this; 0 = off", min=0.0)
     decay_embeddings: bool = _f(False, "apply weight decay to the embeddings too")
+    name: str = _f("adamw", "adamw; or muon: orthogonalised momentum (Newton-Schulz) for the blocks' 2-D weight "
+                            "matrices, AdamW for embeddings, head, gains and biases", choices=("adamw", "muon"))
+    muon_lr: float = _f(0.02, "muon: peak learning rate of the Muon matrices (follows the schedule; "
+                              "optim.lr is the AdamW part's)", min=0.0, exclusive_min=True)
+    muon_momentum: float = _f(0.95, "muon: momentum", min=0.0, max=1.0)
+    muon_nesterov: bool = _f(True, "muon: Nesterov momentum")
+    muon_weight_decay: float = _f(0.0, "muon: decoupled weight decay of the Muon matrices", min=0.0)
 
 
 @dataclass

@@ -57,10 +57,8 @@ def config_to_hf(config: GPTConfig, eos_id: int | None = None, pad_id: int | Non
     from transformers import GPT2Config
 
     if not config.is_plain_gpt2:
-        used = [n for n, on in (("rope", config.rope), ("n_kv_head", config.kv_heads != config.n_head),
-                                ("sliding_window", config.sliding_window is not None)) if on]
         raise UserError(
-            f"this model uses {', '.join(used)}, which transformers' GPT2LMHeadModel cannot express; "
+            f"this model uses {', '.join(config.non_gpt2_features())}, which transformers' GPT2LMHeadModel cannot express; "
             "only plain GPT-2 models can be exported (use gpt2kit itself to generate and evaluate it)"
         )
     eos = config.vocab_size - 1 if eos_id is None else eos_id

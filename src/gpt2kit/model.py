@@ -8,6 +8,14 @@ Options beyond GPT-2, each off by default (with all off this is exactly GPT-2):
 - `rope`: rotary position embeddings (RoFormer, Su et al. 2021) instead of the learned `wpe`.
 - `n_kv_head`: grouped-query attention (Ainslie et al. 2023), `n_kv_head` K/V heads shared by `n_head` queries.
 - `sliding_window`: each token attends to at most the last `sliding_window` tokens (Longformer-style local attention).
+- `qk_norm`: queries and keys RMS-normalised per head, without a learned gain, before RoPE and attention
+  (as in modded-nanogpt; bounds the attention logits).
+- `mlp_act`: `relu2` = ReLU squared, relu(x)**2 (Primer, So et al. 2021), instead of GPT-2's tanh-GELU.
+- `zero_init_proj`: the output projections (attn.c_proj, mlp.c_proj) start at zero, so every block starts
+  as the identity (only the initialisation changes; the network is still GPT-2's).
+- `logit_softcap`: logits = cap * tanh(logits / cap) (Gemma 2), bounded in (-cap, cap).
+Switches that change the network (all but `zero_init_proj`) make `is_plain_gpt2` false: such a model
+cannot be exported to transformers' GPT2LMHeadModel.
 """
 
 from __future__ import annotations
@@ -21,6 +29,8 @@ import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
 from gpt2kit.errors import UserError
+
+MLP_ACTIVATIONS = ("gelu", "relu2")
 
 # Published GPT-2 sizes, plus small ones that train on a laptop CPU.
 PRESETS: dict[str, dict] = {
@@ -50,6 +60,10 @@ class GPTConfig:
     rope: bool = False  # rotary position embeddings instead of learned wpe
     rope_theta: float = 10000.0
     sliding_window: int | None = None  # local attention window in tokens; None = full causal
+    qk_norm: bool = False  # RMS-normalise q and k per head (no learned gain) before attention
+    mlp_act: str = "gelu"  # "gelu" (GPT-2's tanh approximation) or "relu2" (ReLU squared)
+    zero_init_proj: bool = False  # attn.c_proj and mlp.c_proj weights start at zero
+    logit_softcap: float | None = None  # logits = cap * tanh(logits / cap); None = off
 
     def __post_init__(self) -> None:
         for name in ("vocab_size", "block_size", "n_layer", "n_head", "n_embd"):
@@ -75,6 +89,10 @@ class GPTConfig:
             raise UserError(f"model.layer_norm_epsilon must be > 0, got {self.layer_norm_epsilon}")
         if self.sliding_window is not None and self.sliding_window < 1:
             raise UserError(f"model.sliding_window must be a positive integer or null, got {self.sliding_window}")
+        if self.mlp_act not in MLP_ACTIVATIONS:
+            raise UserError(f"model.mlp_act must be one of {', '.join(MLP_ACTIVATIONS)}, got {self.mlp_act!r}")
+        if self.logit_softcap is not None and not self.logit_softcap > 0:
+            raise UserError(f"model.logit_softcap must be > 0 or null, got {self.logit_softcap}")
 
     @property
     def head_dim(self) -> int:
@@ -84,10 +102,17 @@ class GPTConfig:
     def kv_heads(self) -> int:
         return self.n_kv_head or self.n_head
 
+    def non_gpt2_features(self) -> list[str]:
+        """The switches in use that transformers' GPT2LMHeadModel cannot express (empty = plain GPT-2)."""
+        used = (("rope", self.rope), ("n_kv_head", self.kv_heads != self.n_head),
+                ("sliding_window", self.sliding_window is not None), ("qk_norm", self.qk_norm),
+                ("mlp_act relu2", self.mlp_act != "gelu"), ("logit_softcap", self.logit_softcap is not None))
+        return [name for name, on in used if on]
+
     @property
     def is_plain_gpt2(self) -> bool:
         """True when the model can be written as a Hugging Face GPT2LMHeadModel."""
-        return not self.rope and self.kv_heads == self.n_head and self.sliding_window is None
+        return not self.non_gpt2_features()
 
     @classmethod
     def from_preset(cls, name: str, **overrides) -> GPTConfig:
@@ -132,6 +157,11 @@ def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch
     return (x * cos + rotated * sin).to(x.dtype)
 
 
+def rms_norm(x: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
+    """x / sqrt(mean(x**2) + eps) over the last dimension: RMSNorm without a learned gain."""
+    return F.rms_norm(x, (x.size(-1),), eps=eps)
+
+
 class KVCache:
     """Pre-allocated keys and values for incremental decoding.
 
@@ -165,6 +195,7 @@ class CausalSelfAttention(nn.Module):
     def __init__(self, config: GPTConfig):
         super().__init__()
         self.n_head, self.n_kv_head, self.head_dim = config.n_head, config.kv_heads, config.head_dim
+        self.qk_norm = config.qk_norm
         # One projection for q, k, v (GPT-2's c_attn); with GQA k and v are narrower.
         self.c_attn = nn.Linear(config.n_embd, (self.n_head + 2 * self.n_kv_head) * self.head_dim, bias=config.bias)
         self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
@@ -178,6 +209,8 @@ class CausalSelfAttention(nn.Module):
         q = q.view(B, T, nh, hs).transpose(1, 2)  # (B, nh, T, hs)
         k = k.view(B, T, nkv, hs).transpose(1, 2)  # (B, nkv, T, hs)
         v = v.view(B, T, nkv, hs).transpose(1, 2)  # (B, nkv, T, hs)
+        if self.qk_norm:  # RMSNorm over each head's hs features, no gain: |q| = |k| = sqrt(hs)
+            q, k = rms_norm(q), rms_norm(k)
         if rope is not None:
             q, k = apply_rotary(q, *rope), apply_rotary(k, *rope)
         if cache is not None:
@@ -199,10 +232,13 @@ class MLP(nn.Module):
         self.c_fc = nn.Linear(config.n_embd, inner, bias=config.bias)
         self.c_proj = nn.Linear(inner, config.n_embd, bias=config.bias)
         self.dropout = nn.Dropout(config.dropout)
+        self.act = config.mlp_act
 
     def forward(self, x):
-        # GPT-2's gelu_new is the tanh approximation.
-        return self.dropout(self.c_proj(F.gelu(self.c_fc(x), approximate="tanh")))
+        h = self.c_fc(x)
+        # GPT-2's gelu_new is the tanh approximation; relu2 is ReLU squared (Primer).
+        h = F.relu(h).square() if self.act == "relu2" else F.gelu(h, approximate="tanh")
+        return self.dropout(self.c_proj(h))
 
 
 class Block(nn.Module):
@@ -253,6 +289,7 @@ class GPT(nn.Module):
         | wte, wpe                               | normal(0, 0.02)                   |
         | Linear weights (c_attn, c_fc)          | normal(0, 0.02)                   |
         | attn.c_proj, mlp.c_proj weights        | normal(0, 0.02 / sqrt(2*n_layer)) |
+        |   ... with zero_init_proj              | 0                                 |
         | lm_head (untied)                       | normal(0, 0.02)                   |
         | all biases                             | 0                                 |
         | LayerNorm weight / bias                | 1 / 0                             |
@@ -274,6 +311,10 @@ class GPT(nn.Module):
                     nn.init.zeros_(module.bias)
         if self.config.tie_embeddings:  # the Linear loop above re-initialised the shared weight
             nn.init.normal_(self.transformer.wte.weight, 0.0, std)
+        if self.config.zero_init_proj:  # after the draws above, so the other weights match a plain model's
+            for block in self.transformer.h:
+                nn.init.zeros_(block.attn.c_proj.weight)
+                nn.init.zeros_(block.mlp.c_proj.weight)
 
     def forward(
         self,
@@ -288,7 +329,11 @@ class GPT(nn.Module):
         attention_mask: (B, S) with 1 for real tokens and 0 for (left) padding, S = cached + T.
         cache: a KVCache; new keys/values are appended and `cache.pos` advances by T.
         """
-        return self.lm_head(self.hidden(idx, attention_mask=attention_mask, position_ids=position_ids, cache=cache))
+        logits = self.lm_head(self.hidden(idx, attention_mask=attention_mask, position_ids=position_ids, cache=cache))
+        cap = self.config.logit_softcap
+        if cap is not None:  # bounded in (-cap, cap); near-identity for |logits| << cap
+            logits = cap * torch.tanh(logits / cap)
+        return logits
 
     def hidden(
         self,

@@ -44,6 +44,7 @@ from gpt2kit.config import OptimArgs, TrainConfig
 from gpt2kit.errors import UserError
 from gpt2kit.metrics import MetricsLogger, check_trackers, flops_per_token, peak_flops
 from gpt2kit.model import GPT, GPTConfig, model_size, num_params
+from gpt2kit.optim import Muon
 from gpt2kit.rundir import MARKER, RunLock, is_empty, is_run_dir, remove_run_files, write_marker
 
 # ---------------------------------------------------------------- pure pieces
@@ -51,13 +52,19 @@ from gpt2kit.rundir import MARKER, RunLock, is_empty, is_run_dir, remove_run_fil
 
 def get_lr(step: int, optim: OptimArgs, max_steps: int) -> float:
     """Learning rate at optimizer step `step` (1-based): linear warmup, then cosine/linear/constant
-    decay from `lr` to `min_lr` at `max_steps`."""
+    decay from `lr` to `min_lr` at `max_steps`; or wsd: constant `lr`, then a linear decay to `min_lr`
+    over the last `decay_fraction` of the steps (warmup-stable-decay)."""
     min_lr = optim.lr / 10 if optim.min_lr is None else optim.min_lr
     warmup = effective_warmup(optim.warmup_steps, max_steps)
     if step <= warmup:
         return optim.lr * step / max(1, warmup)
     if optim.schedule == "constant":
         return optim.lr
+    if optim.schedule == "wsd":
+        decay_start = max(warmup, max_steps - round(optim.decay_fraction * max_steps))
+        if step <= decay_start:
+            return optim.lr
+        return optim.lr + (min_lr - optim.lr) * min(1.0, (step - decay_start) / max(1, max_steps - decay_start))
     progress = min(1.0, (step - warmup) / max(1, max_steps - warmup))
     if optim.schedule == "linear":
         return optim.lr + (min_lr - optim.lr) * progress
@@ -70,21 +77,29 @@ def effective_warmup(warmup_steps: int, max_steps: int) -> int:
     return warmup_steps if warmup_steps < max_steps else max_steps // 10
 
 
-def make_optimizer(model: GPT, optim: OptimArgs, device_type: str) -> torch.optim.AdamW:
+def make_optimizer(model: GPT, optim: OptimArgs, device_type: str) -> torch.optim.Optimizer:
     """AdamW with decoupled weight decay on matrices only: no decay for biases and LayerNorm
-    (1-D), nor embeddings unless `decay_embeddings`."""
+    (1-D), nor embeddings unless `decay_embeddings`. With `optim.name` muon, the blocks' 2-D weight
+    matrices go to Muon instead (gpt2kit.optim), the rest to AdamW as above."""
     embeddings = {id(model.transformer.wte.weight)}
     if "wpe" in model.transformer:
         embeddings.add(id(model.transformer.wpe.weight))
-    decay, no_decay = [], []
+    hidden = {id(p) for p in model.transformer.h.parameters() if p.dim() == 2} if optim.name == "muon" else set()
+    decay, no_decay, matrices = [], [], []
     for p in model.parameters():  # parameters() yields a tied weight once
         if not p.requires_grad:
             continue
-        if p.dim() < 2 or (id(p) in embeddings and not optim.decay_embeddings):
+        if id(p) in hidden:
+            matrices.append(p)
+        elif p.dim() < 2 or (id(p) in embeddings and not optim.decay_embeddings):
             no_decay.append(p)
         else:
             decay.append(p)
     groups = [{"params": decay, "weight_decay": optim.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    if optim.name == "muon":
+        return Muon(matrices, groups, lr=optim.lr, betas=(optim.beta1, optim.beta2), eps=optim.eps,
+                    muon_lr=optim.muon_lr, momentum=optim.muon_momentum, nesterov=optim.muon_nesterov,
+                    muon_weight_decay=optim.muon_weight_decay)
     # fused is fastest on GPU; on CPU foreach is, and both are bitwise deterministic there.
     kw = {"fused": True} if device_type == "cuda" else {"foreach": True}
     return torch.optim.AdamW(groups, lr=optim.lr, betas=(optim.beta1, optim.beta2), eps=optim.eps, **kw)
@@ -844,7 +859,7 @@ def _train(cfg: TrainConfig, out: Path, resume: str | None, overwrite: bool, qui
                 step = state.step
                 lr = get_lr(step, optim, max_steps)
                 for group in optimizer.param_groups:
-                    group["lr"] = lr
+                    group["lr"] = lr * group.get("lr_scale", 1.0)  # Muon's matrices follow from their own peak
                 if aligned:
                     bar.set_description(f"epoch {train_loader.epoch + 1}/{math.ceil(t.epochs)}", refresh=False)
 
