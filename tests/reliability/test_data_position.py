@@ -1,7 +1,7 @@
 """Data position across a resume (issue 11, section 3.2): stopped mid-epoch or exactly at an epoch's end, with
 shuffling and gradient accumulation, a resumed run reads the same blocks in the same order as an uninterrupted
 one - no block twice, none skipped. At the loader (its real state_dict through JSON, as state.json keeps it)
-and end to end (`train.epochs 2` stopped by SIGTERM at a step boundary, then `--resume auto`)."""
+and end to end (`train.epochs 2` stopped by SIGTERM at the boundary or SIGINT mid-epoch, then `--resume auto`)."""
 
 from __future__ import annotations
 
@@ -110,9 +110,10 @@ import gpt2kit.train  # noqa: E402  (the originals, before any test wraps them)
 _ORIGINAL_BATCH, _ORIGINAL_LR = PackedLoader._batch, gpt2kit.train.get_lr
 
 
-def _run(small_data, out, monkeypatch, stop_at: int | None = None, resume: str | None = None):
-    """One train() call; the blocks it reads (train split, by block id) per call, in order; SIGTERM sent to
-    ourselves during step `stop_at` (the run saves at that step's end and stops, as under a real SIGTERM)."""
+def _run(small_data, out, monkeypatch, stop_at: int | None = None, resume: str | None = None,
+         signum: int = signal.SIGTERM):
+    """One train() call; the blocks it reads (train split, by block id) per call, in order; `signum` sent to
+    ourselves during step `stop_at` (the run saves at that step's end and stops, as under a real signal)."""
     import gpt2kit.train as train_mod
     from gpt2kit.train import train
 
@@ -126,7 +127,7 @@ def _run(small_data, out, monkeypatch, stop_at: int | None = None, resume: str |
 
     def lr(step, optim, max_steps):
         if step == stop_at:
-            os.kill(os.getpid(), signal.SIGTERM)
+            os.kill(os.getpid(), signum)
         return original_lr(step, optim, max_steps)
 
     monkeypatch.setattr(PackedLoader, "_batch", record)
@@ -143,9 +144,9 @@ def _losses(run) -> list[tuple[int, float]]:
 _UNINTERRUPTED: dict = {}
 
 
-@pytest.mark.parametrize("where", ["boundary", "mid-epoch"])
+@pytest.mark.parametrize("where, signum", [("boundary", signal.SIGTERM), ("mid-epoch", signal.SIGINT)])
 def test_train_two_epochs_stopped_and_resumed_reads_the_same_blocks(small_data, tmp_path_factory, tmp_path,
-                                                                    monkeypatch, where):
+                                                                    monkeypatch, where, signum):
     if "whole" not in _UNINTERRUPTED:  # one uninterrupted run serves both cases
         _UNINTERRUPTED["dir"] = tmp_path_factory.mktemp("whole") / "run"
         _UNINTERRUPTED["whole"] = _run(small_data, _UNINTERRUPTED["dir"], monkeypatch)[0]
@@ -158,11 +159,11 @@ def test_train_two_epochs_stopped_and_resumed_reads_the_same_blocks(small_data, 
     steps_per_epoch = -(-n // per_step)
     stop = steps_per_epoch if where == "boundary" else steps_per_epoch // 2 + 1
     run = tmp_path / "run"
-    head, first = _run(small_data, run, monkeypatch, stop_at=stop)
-    assert getattr(first, "exit_code", 143) == 143
+    head, first = _run(small_data, run, monkeypatch, stop_at=stop, signum=signum)
+    assert first.exit_code == 128 + signum  # 143 for SIGTERM, 130 for SIGINT
     saved = json.loads((run / "checkpoints" / (run / "checkpoints" / "latest").read_text().strip()
                         / "state.json").read_text())
-    assert saved["step"] == stop
+    assert saved["step"] == stop and saved["reason"] == "signal"
     if where == "boundary":
         assert saved["loader"]["position"] == n and len(head) == n
     tail, _ = _run(small_data, run, monkeypatch, resume="auto")
