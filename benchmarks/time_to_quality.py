@@ -64,6 +64,10 @@ RECIPES: dict[str, dict[str, str]] = {
     "fast": {
         **DEMO, "model.rope": "true", "model.bias": "false", "optim.min_lr": "3e-5",
     },
+    # fast + issue 12's levers (not exportable: qk_norm, relu2); untuned - run with --recipes fast-levers
+    "fast-levers": {**DEMO, "model.rope": "true", "model.bias": "false", "optim.min_lr": "3e-5", "optim.name": "muon",
+                    "optim.schedule": "wsd", "model.qk_norm": "true", "model.mlp_act": "relu2",
+                    "model.zero_init_proj": "true", "model.tie_embeddings": "false"},
 }
 
 

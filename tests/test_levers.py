@@ -192,6 +192,8 @@ def test_muon_takes_the_blocks_matrices_and_adamw_the_rest(tmp_path):
     assert decay == ["lm_head.weight"]
     assert "transformer.wte.weight" in no_decay and "transformer.h.0.ln_1.weight" in no_decay
     assert [g["lr_scale"] for g in opt.param_groups] == [pytest.approx(20.0), 1.0, 1.0]
+    assert opt.param_groups[0]["ns_steps"] == 5
+    assert make_optimizer(m, OptimArgs(name="muon", muon_ns_steps=3), "cpu").param_groups[0]["ns_steps"] == 3
     # its state saves and loads like AdamW's (optimizer.pt is read with weights_only=True)
     loss = m(torch.randint(0, 64, (2, 8))).square().mean()
     loss.backward()

@@ -116,6 +116,8 @@ class OptimArgs:
     muon_momentum: float = _f(0.95, "muon: momentum", min=0.0, max=1.0)
     muon_nesterov: bool = _f(True, "muon: Nesterov momentum")
     muon_weight_decay: float = _f(0.0, "muon: decoupled weight decay of the Muon matrices", min=0.0)
+    muon_ns_steps: int = _f(5, "muon: Newton-Schulz iterations per update (each costs ~3 matrix products per "
+                               "weight: fewer is cheaper and less orthogonal)", min=1)
 
 
 @dataclass

@@ -99,7 +99,7 @@ def make_optimizer(model: GPT, optim: OptimArgs, device_type: str) -> torch.opti
     if optim.name == "muon":
         return Muon(matrices, groups, lr=optim.lr, betas=(optim.beta1, optim.beta2), eps=optim.eps,
                     muon_lr=optim.muon_lr, momentum=optim.muon_momentum, nesterov=optim.muon_nesterov,
-                    muon_weight_decay=optim.muon_weight_decay)
+                    muon_weight_decay=optim.muon_weight_decay, ns_steps=optim.muon_ns_steps)
     # fused is fastest on GPU; on CPU foreach is, and both are bitwise deterministic there.
     kw = {"fused": True} if device_type == "cuda" else {"foreach": True}
     return torch.optim.AdamW(groups, lr=optim.lr, betas=(optim.beta1, optim.beta2), eps=optim.eps, **kw)
@@ -689,6 +689,9 @@ def _train(cfg: TrainConfig, out: Path, resume: str | None, overwrite: bool, qui
     model.grad_checkpointing = t.grad_checkpointing
     device = accelerator.device
     model.to(device)
+    if optim.name == "muon" and accelerator.distributed_type == DistributedType.FSDP:
+        raise UserError("optim.name muon orthogonalises whole weight matrices, which FSDP shards; "
+                        "train with DDP, or use optim.name adamw")
     optimizer = make_optimizer(model, optim, device.type)
     partial = is_partial(cfg)
     trained = trainable_names(model)
