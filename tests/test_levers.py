@@ -118,6 +118,16 @@ def test_switches_round_trip_through_a_checkpoint_dir(tmp_path):
     assert torch.equal(back(idx), m(idx))
 
 
+def test_kv_cache_equals_full_forward_with_every_switch():
+    m = model(rope=True, **SWITCHES)
+    torch.nn.init.normal_(m.transformer.h[0].attn.c_proj.weight, 0, 0.02)  # so attention matters
+    idx = torch.randint(0, 64, (2, 10))
+    full = m(idx)
+    cache = m.make_cache(2, 10)
+    steps = [m(idx[:, :6], cache=cache)] + [m(idx[:, t : t + 1], cache=cache) for t in range(6, 10)]
+    torch.testing.assert_close(torch.cat(steps, 1), full, atol=1e-5, rtol=0)
+
+
 # ---------------------------------------------------------------- Muon
 
 
