@@ -14,9 +14,11 @@ How, and why:
   in-process, where its own thread pool parallelises each batch.
 - A huge document (one 200 MB line) is encoded in pieces of ~1 MB cut before an ASCII whitespace character that
   follows a non-whitespace one: for GPT-2-style byte-level BPEs (`Tokenizer.cuttable`) no pre-token spans such a
-  point, so the ids are exactly those of the whole document (tested), and memory stays flat (the text itself is
-  held once). Where they could differ (a normalizer, another pre-tokenizer, non-special added tokens), documents
-  are encoded whole, and memory grows with the longest one; so does a stretch of >1 MB without such a point.
+  point, so the ids are exactly those of the whole document (tested). A text file of more than 16 MB read whole
+  (`sample_by` file) is also read from disk a few MB at a time (`sources.FileDocument`), so memory stays flat
+  whatever its size. Where ids could differ (a normalizer, another pre-tokenizer, non-special added tokens),
+  documents are encoded whole, and memory grows with the longest one; so does a stretch of >1 MB without a cut
+  point.
 - The split is by document: a document goes to validation when the hash of its key (path, or path:row) falls
   below `val_fraction`. Stable across runs and machines, and adding files does not move the others.
 - Small corpora: the hash may leave validation empty or smaller than one block. Then whole documents move from
@@ -46,7 +48,7 @@ import socket
 import sys
 import time
 from collections import deque
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
 from pathlib import Path
 
@@ -54,7 +56,7 @@ import numpy as np
 
 from gpt2kit.atomic import is_disk_full, replace_dir
 from gpt2kit.errors import UserError, flag
-from gpt2kit.sources import SOURCE_OPTIONS, Document, open_sources
+from gpt2kit.sources import SOURCE_OPTIONS, Document, FileDocument, open_sources
 from gpt2kit.tokenizer import Tokenizer, warn
 
 FORMAT = "gpt2kit-tokens"
@@ -308,12 +310,30 @@ def cut_text(text: str, size: int = _PIECE_CHARS) -> Iterator[str]:
     yield text[start:] if start else text
 
 
+def cut_stream(blocks: Iterable[str], size: int = _PIECE_CHARS) -> Iterator[str]:
+    """`cut_text` over a text that arrives in blocks (a huge file read a few MB at a time): the same cut rule,
+    applied to the whole text, with at most one piece and one block in memory."""
+    buf = ""
+    for block in blocks:
+        buf += block
+        while len(buf) > size:
+            m = _CUT.search(buf, size)
+            if m is None:
+                break  # no cut point yet: keep reading
+            yield buf[: m.start()]
+            buf = buf[m.start() :]
+    if buf:
+        yield buf
+
+
 def _chunks(docs, chunk_chars: int, cuttable: bool = False):
     """Lists of (text, key, ends_document) of about `chunk_chars` characters; long documents come in pieces
-    when the tokenizer is cuttable."""
+    when the tokenizer is cuttable (a huge file, a FileDocument, streamed from disk)."""
     buf, n = [], 0
     for doc in docs:
-        if cuttable and len(doc.text) > _PIECE_CHARS:
+        if cuttable and isinstance(doc, FileDocument):
+            pieces = cut_stream(doc.blocks())
+        elif cuttable and len(doc.text) > _PIECE_CHARS:
             pieces = cut_text(doc.text)
         else:
             pieces = iter((doc.text,))

@@ -39,6 +39,10 @@ from gpt2kit.errors import UserError, flag
 SAMPLE_BY = ("file", "line", "paragraph", "auto")
 TABLE_SUFFIXES = (".jsonl", ".json", ".csv", ".parquet", ".ndjson")
 _BINARY_PROBE = 8192
+# A text file read as one document (sample_by file) larger than this comes as a FileDocument: `prepare` streams it
+# in blocks of _READ_BYTES rather than holding its bytes and its text at once.
+_STREAM_BYTES = 16 * 2**20
+_READ_BYTES = 4 * 2**20
 _LINE_BREAK = re.compile(r"\r\n|\r|\n")
 _SHARD = re.compile(r"^(train|val)-\d{5}\.bin$")  # the token shards of a prepared directory
 _SPLIT_NAMES = {"line": "one document per line", "paragraph": "documents separated by blank lines"}
@@ -48,6 +52,51 @@ _SPLIT_NAMES = {"line": "one document per line", "paragraph": "documents separat
 class Document:
     text: str
     key: str  # stable identity: "relative/path.py", "data.jsonl:17", "hf:name:train:17"
+
+
+class FileDocument(Document):
+    """A whole text file too large to hold comfortably: `text` reads and decodes it (what every consumer gets
+    from a Document), `blocks()` yields its text a few MB at a time (undecodable bytes replaced, as `text` does)."""
+
+    def __init__(self, path: Path, key: str, stats: SourceStats):
+        object.__setattr__(self, "key", key)
+        object.__setattr__(self, "path", path)
+        object.__setattr__(self, "stats", stats)
+
+    @property
+    def text(self) -> str:  # type: ignore[override]
+        try:
+            data = self.path.read_bytes()
+        except OSError as e:
+            raise UserError(f"cannot read {self.path}: {e.strerror}; check its permissions") from e
+        return _decode(data, self.key, self.stats) or ""
+
+    def blocks(self) -> Iterator[str]:
+        import codecs
+
+        decoder = codecs.getincrementaldecoder("utf-8")("strict")
+        try:
+            with open(self.path, "rb") as f:
+                while True:
+                    data = f.read(_READ_BYTES)
+                    pending = decoder.getstate()[0]  # the start of a character the last block ended inside
+                    try:
+                        text = decoder.decode(data, final=not data)
+                    except UnicodeDecodeError:  # from here on, replace what does not decode (counted once)
+                        decoder = codecs.getincrementaldecoder("utf-8")("replace")
+                        text = decoder.decode(pending + data, final=not data)
+                        self.stats.undecodable_files += 1
+                        if len(self.stats.examples) < 3:
+                            self.stats.examples.append(self.key)
+                    if text:
+                        yield text
+                    if not data:
+                        return
+        except OSError as e:
+            raise UserError(f"cannot read {self.path}: {e.strerror}; check its permissions") from e
+
+    def __repr__(self) -> str:
+        return f"FileDocument({str(self.path)!r}, key={self.key!r})"
 
 
 @dataclass
@@ -259,6 +308,13 @@ class Source:
 
     def _file(self, path: Path, key: str) -> Iterator[Document]:
         try:
+            if self.sample_by == "file" and path.stat().st_size > _STREAM_BYTES:
+                with open(path, "rb") as f:
+                    if b"\x00" in f.read(_BINARY_PROBE):
+                        self.stats.binary_skipped += 1
+                        return
+                yield FileDocument(path, key, self.stats)
+                return
             data = path.read_bytes()
         except OSError as e:
             raise UserError(f"cannot read {path}: {e.strerror}; check its permissions") from e
