@@ -249,6 +249,12 @@ def test_muon_with_every_switch_trains_and_resumes_bitwise(prepared_dir, tmp_pat
     a, b = (load_file(r / "checkpoints" / "step-00000008" / "model.safetensors") for r in (full, part))
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert run_losses(full) == run_losses(part)
+    # a resumed run keeps its optimizer: switching is one clear error, and nothing is touched
+    before = sorted(p.name for p in (part / "checkpoints").iterdir())
+    adamw = build_config(None, {**RUN, "data.sources": str(prepared_dir), "optim.name": "adamw"})
+    with pytest.raises(UserError, match="optim.name is adamw but the checkpoint being resumed was trained with muon"):
+        train(adamw, part, resume="auto", quiet=True)
+    assert sorted(p.name for p in (part / "checkpoints").iterdir()) == before
 
 
 # ---------------------------------------------------------------- schedule

@@ -699,6 +699,10 @@ def _train(cfg: TrainConfig, out: Path, resume: str | None, overwrite: bool, qui
     # ---- resume
     if resume_ckpt is not None:
         if opt_state is not None:
+            saved = "muon" if opt_state["optimizer"]["param_groups"][0].get("use_muon") else "adamw"
+            if saved != optim.name:
+                raise UserError(f"optim.name is {optim.name} but the checkpoint being resumed was trained with "
+                                f"{saved}; a resumed run keeps its optimizer - set optim.name {saved} or start a new --out")
             optimizer.load_state_dict(opt_state["optimizer"])
         state = LoopState.from_json(saved_state)
         try:
