@@ -125,9 +125,9 @@ class Tokenizer:
         try:
             yield
         except BaseException as e:  # pyo3's PanicException derives from BaseException
-            if isinstance(e, (KeyboardInterrupt, SystemExit, GeneratorExit, MemoryError)):
-                raise
-            if not (type(e).__name__ == "PanicException" or isinstance(e, Exception)):
+            # the engine's own failures: a Rust panic, or the plain Exception `tokenizers` raises; anything
+            # else (a TypeError, KeyboardInterrupt, ...) is not the file's fault and keeps its traceback
+            if not (type(e).__name__ == "PanicException" or type(e) is Exception):
                 raise
             first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
             raise UserError(f"tokenizer {self.name or ''} fails to encode text ({first}); its tokenizer.json is "
