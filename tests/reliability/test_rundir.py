@@ -187,3 +187,20 @@ def test_a_second_train_on_the_same_out_refuses_and_changes_nothing(tiny_run, pr
         first.communicate()
     assert main(train_args(prepared_dir, run, "--resume", "auto", train__max_steps=1, train__ckpt_every=1)) == 0
     assert "resuming from" in capsys.readouterr().err
+
+
+def test_a_locked_run_refuses_a_two_process_train_on_every_rank(prepared_dir, tmp_path):
+    """Only rank 0 takes the lock; its refusal reaches rank 1 (no rank waits at a barrier), one line each."""
+    run = tmp_path / "run"
+    held = RunLock(run)
+    try:
+        env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+        r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "-m", "gpt2kit",
+                            *train_args(prepared_dir, run)], env=env, capture_output=True, text=True, timeout=120)
+    finally:
+        held.release()
+    lines = [line for line in r.stderr.splitlines() if line.startswith("error:")]
+    assert r.returncode != 0 and len(lines) == 2, r.stderr[-3000:]  # one line per rank
+    assert all(f"in use by another gpt2kit train (pid {os.getpid()} on" in line for line in lines), lines
+    assert "gpt2kit/" not in r.stderr  # no traceback through gpt2kit (torchrun prints its own ChildFailedError)
+    assert sorted(p.name for p in run.iterdir()) == [LOCK]
