@@ -115,7 +115,8 @@ def run(args: argparse.Namespace) -> int:
     print(f"{name} size: {info['size']} parameters")
     c = config
     print(f"  architecture  {c.n_layer} layers x {c.n_embd} wide, {c.n_head} heads, block {c.block_size}, "
-          f"vocab {c.vocab_size}" + (", RoPE" if c.rope else "") + ("" if c.tie_embeddings else ", untied head"))
+          f"vocab {c.vocab_size}" + "".join(f", {f}" for f in c.non_gpt2_features())
+          + ("" if c.tie_embeddings else ", untied head"))
     for key in ("tokenizer", "labels", "task", "finetune_mode", "init", "data", "steps", "tokens_seen",
                 "best_val_loss", "stopped_early", "latest", "best", "checkpoints", "last_eval", "files"):
         if key in info:
