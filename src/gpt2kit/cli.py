@@ -76,6 +76,24 @@ def main(argv: list[str] | None = None) -> int:
 
     set_flag_style("cli")  # commands with dotted config flags (train, finetune) switch it; a new call starts over
     try:
+        return _run(args)
+    finally:
+        _close_process_group()
+
+
+def _close_process_group() -> None:
+    """Leave a distributed run's process group before the interpreter exits: tearing gloo down at exit
+    can abort the process ("terminate called without an active exception", exit -6) after a clean error."""
+    dist = sys.modules.get("torch.distributed")
+    if dist is not None and dist.is_available() and dist.is_initialized():
+        try:
+            dist.destroy_process_group()
+        except Exception:  # a peer already gone: nothing left to close cleanly
+            pass
+
+
+def _run(args) -> int:
+    try:
         rc = args.func(args)
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
