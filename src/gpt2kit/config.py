@@ -283,12 +283,13 @@ def alias_hint(key: str) -> str | None:
 
 
 def _unknown(key: str, known: list[str]) -> UserError:
+    shown = key if key.isprintable() else repr(key)  # a key with a newline in it must not break the error line
     hint = alias_hint(key)
     if hint:
-        return UserError(f"unknown config key {key}{hint}")
+        return UserError(f"unknown config key {shown}{hint}")
     near = difflib.get_close_matches(key, known, n=1)
     hint = f"; did you mean {near[0]}?" if near else f"; known: {', '.join(known)}"
-    return UserError(f"unknown config key {key}{hint}")
+    return UserError(f"unknown config key {shown}{hint}")
 
 
 def all_keys() -> list[str]:
@@ -334,7 +335,7 @@ def parse_overrides(args: list[str]) -> dict[str, str]:
             key, value = key.split("=", 1)
         else:
             if i + 1 >= len(args) or args[i + 1].startswith("--"):
-                raise UserError(f"--{key} needs a value")
+                raise UserError(f"{'--' + key if key.isprintable() else repr('--' + key)} needs a value")
             value = args[i + 1]
             i += 1
         out[key] = value
