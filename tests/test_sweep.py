@@ -227,7 +227,7 @@ BAD = [
     ("optim.lr: [1.0e-3\n", [], "is not valid YAML"),
     ("- optim.lr\n- train.batch_size\n", [], "must be a YAML mapping of dotted config fields"),
     ("model.n_layer: {type: int, low: 1, high: 2.5}\n", [], "model.n_layer: int takes integer low/high/step"),
-    ("optim.schedule: [cosine, cosin]\n", [], "optim.schedule must be one of cosine, linear, constant, got 'cosin'"),
+    ("optim.schedule: [cosine, cosin]\n", [], "optim.schedule must be one of cosine, linear, constant, wsd, got 'cosin'"),
     ("optim.lr: {type: uniform, low: 1.0e-4, high: 1.0e-2}\n", ["--sampler", "grid"],
      "--sampler grid needs choices or integer ranges; optim.lr is a continuous uniform"),
     ("optim.lr: [1.0e-3]\n", ["--trials", "0"], "--trials must be at least 1, got 0"),
