@@ -403,8 +403,7 @@ def load_checkpoint_state(directory: Path, required: tuple[str, ...] = ()) -> tu
 
 def choose_checkpoint(run_dir: Path, required: tuple[str, ...] = (), warn=None
                       ) -> tuple[Path, dict, dict | None] | None:
-    """(checkpoint, state, optimizer state) to resume run `run_dir` from: the one `latest` names, else the newest
-    complete one, falling back past any that is damaged (MANIFEST mismatch, missing or unreadable files, no
+    """(checkpoint, state, optimizer state) to resume run `run_dir` from: the newest complete one, falling back past any that is damaged (MANIFEST mismatch, missing or unreadable files, no
     COMPLETE) with a `warn(message)` naming what was wrong. None when the run has no checkpoint at all; a UserError
     when it has some but none is usable (starting over would silently throw the run away)."""
     root = run_dir / "checkpoints"
@@ -413,14 +412,14 @@ def choose_checkpoint(run_dir: Path, required: tuple[str, ...] = (), warn=None
     steps = sorted((d for d in root.iterdir() if d.is_dir() and STEP_DIR.match(d.name)), key=lambda d: d.name)
     complete = [d for d in steps if is_complete(d)]
     problems: list[tuple[str, str]] = []  # (step dir name or '', what is wrong)
+    # Newest complete first, even when `latest` names an older one: a kill between a save's final rename and
+    # the pointer's update leaves a whole, newer checkpoint that the pointer has not caught up with (an older
+    # resume on purpose moves newer checkpoints aside first, so none is ever ahead of the run by design).
     order = complete[::-1]
     named = _pointer(root / "latest")
     if (root / "latest").exists():
         target = root / named if STEP_DIR.match(named) else None
-        if target is not None and target in complete:
-            order.remove(target)
-            order.insert(0, target)
-        elif target is None or not target.is_dir():  # a step dir without COMPLETE is reported below
+        if target is None or not target.is_dir():  # a step dir without COMPLETE is reported below
             problems.append((named if STEP_DIR.match(named) else "",
                              f"{root / 'latest'} names {named[:60]!r}, which is not a checkpoint"))
     problems += [(d.name, f"{d} has no COMPLETE marker (interrupted or damaged)") for d in steps if d not in complete]
