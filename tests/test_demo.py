@@ -40,6 +40,8 @@ def test_demo_end_to_end_at_tiny_size(tmp_path, capsys):
     ("\n\nclass A:\n    pass\n", False),                          # no body before the dedent
     (" return n\n", True),                                           # a one-line body after the colon
     ("\n    x = (\n", False),                                       # only a cut line
+    ("\n        return n\n    def other(self):\n", True),           # a method's body, then the next method
+    ("\n        return (n\n    def other(self):\n", False),         # the same, broken
 ])
 def test_completion_parse_check(completion, ok):
     from gpt2kit.demo import parses

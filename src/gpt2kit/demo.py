@@ -81,16 +81,20 @@ def held_out_signatures(data_dir: Path, tok, n: int = 20) -> list[str]:
 
 
 def parses(prompt: str, completion: str) -> bool:
-    """Whether `prompt` + `completion` up to the first line back at the prompt's indentation (the end of the
-    function) is valid Python. A completion that never returns there is judged on its complete lines."""
+    """Whether `prompt` + `completion` up to the first dedent (a line less indented than the body's first line:
+    the end of the function) is valid Python. A completion that never returns there is judged on its complete lines."""
     import ast
 
     head, *rest = (prompt + completion).split("\n")
-    body, ended = [], False
+    body, ended, indent = [], False, None
     for line in rest:
-        if line.strip() and not line[:1].isspace():
-            ended = True
-            break
+        if line.strip():
+            width = len(line) - len(line.lstrip())
+            if indent is None:
+                indent = width  # the body's own level (a method's signature is continued 8 deep, say)
+            if width == 0 or width < indent:  # back out of the function: it ended
+                ended = True
+                break
         body.append(line)
     if not ended and body:
         body = body[:-1]  # the last line may be cut mid-way by the token budget
