@@ -4,13 +4,13 @@ traceback, and leaves every directory it was given as it was (hashed before and 
 from __future__ import annotations
 
 import csv
-import hashlib
 import json
 import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import one_error, tree
 
 from gpt2kit.cli import main
 from gpt2kit.config import build_config
@@ -22,21 +22,8 @@ TINY = {
 }
 
 
-def tree(path: Path) -> dict[str, str]:
-    """sha256 of every file under `path` (the run lock excluded: it is empty and only ever created)."""
-    if path.is_file():
-        return {path.name: hashlib.sha256(path.read_bytes()).hexdigest()}
-    return {str(p.relative_to(path)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(path.rglob("*")) if p.is_file() and p.name != ".lock"}
 
 
-def one_error(rc: int, err: str) -> str:
-    """The single `error:` line of a failed command (exit 2, no traceback)."""
-    assert rc == 2, err[-2000:]
-    assert "Traceback" not in err, err[-2000:]
-    lines = [line for line in err.splitlines() if line.startswith("error:")]
-    assert len(lines) == 1, err[-2000:]
-    return lines[0]
 
 
 def train_args(data, out, **over) -> list[str]:

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from helpers import tree
 
 from gpt2kit.cli import main
 from gpt2kit.config import build_config
@@ -40,13 +41,6 @@ class Ctx:
         return [self.data, self.corpus, self.run, self.bad]
 
 
-def tree(path: Path) -> dict[str, str]:
-    import hashlib
-
-    if path.is_file():
-        return {path.name: hashlib.sha256(path.read_bytes()).hexdigest()}
-    return {str(p.relative_to(path)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(path.rglob("*")) if p.is_file() and p.name != ".lock"}
 
 
 def _tokenizer_variants(bad: Path, tokenizer_json: str) -> None:

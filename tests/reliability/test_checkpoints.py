@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import one_error, tree
 from safetensors.torch import load_file
 
 from gpt2kit import GPT, GPTConfig
@@ -43,17 +44,8 @@ def _no_flops_probe():
         mp.setattr("gpt2kit.train.peak_flops", lambda *a: 1e12)
         yield
 
-def tree(path: Path) -> dict[str, str]:
-    return {str(p.relative_to(path)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(path.rglob("*")) if p.is_file() and p.name != ".lock"}
 
 
-def one_error(rc: int, err: str) -> str:
-    assert rc == 2, err[-2000:]
-    assert "Traceback" not in err, err[-2000:]
-    lines = [line for line in err.splitlines() if line.startswith("error:")]
-    assert len(lines) == 1, err[-2000:]
-    return lines[0]
 
 
 def train_args(data, out, *extra, **over) -> list[str]:

@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -14,6 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
+from helpers import one_error, tree
 
 from gpt2kit.cli import main
 from gpt2kit.config import build_config
@@ -36,18 +36,8 @@ def _no_flops_probe():
         mp.setattr("gpt2kit.train.peak_flops", lambda *a: 1e12)
         yield
 
-def tree(path: Path) -> dict[str, str]:
-    """sha256 of every file under `path` (the run lock excluded: only its holder's name changes)."""
-    return {str(p.relative_to(path)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(path.rglob("*")) if p.is_file() and p.name != LOCK}
 
 
-def one_error(rc: int, err: str) -> str:
-    assert rc == 2, err[-2000:]
-    assert "Traceback" not in err, err[-2000:]
-    lines = [line for line in err.splitlines() if line.startswith("error:")]
-    assert len(lines) == 1, err[-2000:]
-    return lines[0]
 
 
 def train_args(data, out, *extra, **over) -> list[str]:

@@ -1,0 +1,24 @@
+"""Checks shared by the bad-input and reliability tests (imported as `helpers`: pytest puts tests/ on sys.path)."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+
+def tree(path: Path) -> dict[str, str]:
+    """sha256 of every file under `path` (or of `path`, a file); the run lock is left out: only its holder's
+    name changes, and a refusal may create it."""
+    if path.is_file():
+        return {path.name: hashlib.sha256(path.read_bytes()).hexdigest()}
+    return {str(p.relative_to(path)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(path.rglob("*")) if p.is_file() and p.name != ".lock"}
+
+
+def one_error(rc: int, err: str) -> str:
+    """The single `error:` line of a failed command (exit 2, no traceback)."""
+    assert rc == 2, err[-2000:]
+    assert "Traceback" not in err, err[-2000:]
+    lines = [line for line in err.splitlines() if line.startswith("error:")]
+    assert len(lines) == 1, err[-2000:]
+    return lines[0]
