@@ -22,3 +22,11 @@ def one_error(rc: int, err: str) -> str:
     lines = [line for line in err.splitlines() if line.startswith("error:")]
     assert len(lines) == 1, err[-2000:]
     return lines[0]
+
+
+def train_args(base: dict[str, str], data, out, *extra: str, **over) -> list[str]:
+    """`gpt2kit train` arguments: --data/--out, the `base` config flags with `over` (a__b = a.b) on top, `extra`."""
+    args = ["train", "--data", str(data), "--out", str(out)]
+    for k, v in {**base, **{k.replace("__", "."): str(v) for k, v in over.items()}}.items():
+        args += [f"--{k}", v]
+    return args + list(extra)

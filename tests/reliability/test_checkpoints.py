@@ -10,6 +10,7 @@ import json
 import shutil
 from pathlib import Path
 
+import helpers
 import pytest
 import torch
 from helpers import one_error, tree
@@ -35,24 +36,8 @@ TINY = {
 }
 
 
-
-@pytest.fixture(scope="module", autouse=True)
-def _no_flops_probe():
-    """peak_flops times a matmul (~1 s on a busy 2-core machine) for the MFU column, once per run: not what these
-    tests are about, and they start many runs."""
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr("gpt2kit.train.peak_flops", lambda *a: 1e12)
-        yield
-
-
-
-
-
 def train_args(data, out, *extra, **over) -> list[str]:
-    args = ["train", "--data", str(data), "--out", str(out)]
-    for k, v in {**TINY, **{k.replace("__", "."): str(v) for k, v in over.items()}}.items():
-        args += [f"--{k}", v]
-    return args + list(extra)
+    return helpers.train_args(TINY, data, out, *extra, **over)
 
 
 def rows(run: Path) -> list[dict]:
