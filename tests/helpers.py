@@ -30,3 +30,19 @@ def train_args(base: dict[str, str], data, out, *extra: str, **over) -> list[str
     for k, v in {**base, **{k.replace("__", "."): str(v) for k, v in over.items()}}.items():
         args += [f"--{k}", v]
     return args + list(extra)
+
+
+def kill9_when(proc, flag: Path, timeout: float = 240) -> None:
+    """SIGKILL `proc` as soon as it creates the file `flag` (its own sign that it reached the moment to kill
+    at); fails the test if it exits or takes more than `timeout` seconds first."""
+    import signal
+    import time
+
+    try:
+        deadline = time.time() + timeout
+        while not flag.exists():
+            assert proc.poll() is None and time.time() < deadline, proc.communicate()[1][-3000:]
+            time.sleep(0.02)
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.communicate(timeout=60)

@@ -12,15 +12,14 @@ import math
 import os
 import random
 import re
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from helpers import kill9_when
 from safetensors.torch import load_file
 
 from gpt2kit.checkpoint import find_checkpoint, load_gpt2kit_dir, load_model
@@ -473,13 +472,10 @@ def test_kill9_then_resume_auto_equals_an_uninterrupted_run(hf, tmp_path, capsys
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
         assert main(ft(hf, data, ref, *args)) == 0  # the uninterrupted run, while the child starts up
-        deadline = time.time() + 240
-        while not flag.exists():
-            assert proc.poll() is None and time.time() < deadline, proc.communicate()[1][-3000:]
-            time.sleep(0.02)
-    finally:
-        proc.send_signal(signal.SIGKILL)
-        proc.communicate(timeout=60)
+    except BaseException:
+        proc.kill()  # no child left hanging
+        raise
+    kill9_when(proc, flag)
     assert proc.returncode == -9
     first = int(latest(run).name.split("-")[1])
     assert max(losses(run)) == first + 2  # progress past the checkpoint, lost with the process

@@ -7,13 +7,13 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import optuna
 import pytest
 import torch
 import yaml
+from helpers import kill9_when
 
 from gpt2kit.cli import main
 from gpt2kit.config import build_config, load_yaml
@@ -158,14 +158,7 @@ def test_killed_sweep_continues_without_repeating_finished_trials(prepared_dir, 
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "FLAG": str(flag), "OMP_NUM_THREADS": "1"}
     proc = subprocess.Popen([sys.executable, "-c", HANGING_CHILD, *args], env=env, stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE, text=True)
-    try:
-        deadline = time.time() + 240
-        while not flag.exists():
-            assert proc.poll() is None and time.time() < deadline, proc.communicate()[1][-3000:]
-            time.sleep(0.02)
-    finally:
-        proc.send_signal(signal.SIGKILL)
-        proc.communicate(timeout=60)
+    kill9_when(proc, flag)
     assert proc.returncode == -signal.SIGKILL
     cut = out / "trials" / "trial-0001"
     assert (cut / "checkpoints" / "step-00000004" / "COMPLETE").exists()  # killed mid-trial, with progress
