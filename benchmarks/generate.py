@@ -15,6 +15,12 @@ stdlib's textwrap.py). All four must give gpt2kit plain's tokens. Random weights
 which prompt lookup predicts very well: the numbers are an upper bound, not what a trained model gets.
 
     python benchmarks/generate.py --preset gpt2 --threads 1 --lookup 10 --cases random code --prompt-len 200
+
+With --int8: also gpt2kit with `--int8` (gpt2kit.quantize: int8 linear layers), its tokens/s and the share
+of its greedy tokens equal to fp32's (on random weights; the quality cost on a trained model is the
+perplexity delta of `gpt2kit eval --int8`, in docs/BENCHMARKS.md).
+
+    python benchmarks/generate.py --preset gpt2 --batch-sizes 1 8 --int8
 """
 
 from __future__ import annotations
@@ -53,6 +59,7 @@ def main() -> None:
     ap.add_argument("--repetition-penalty", type=float, default=1.0,
                     help="for --lookup: > 1 keeps random weights out of loops, so most drafts are rejected "
                     "(measures the cost of drafting when it does not pay)")
+    ap.add_argument("--int8", action="store_true", help="also time gpt2kit with int8 linear layers")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
 
@@ -75,9 +82,19 @@ def main() -> None:
     hf.generation_config.pad_token_id = 0
     hf.generation_config.eos_token_id = None
 
-    def run_ours(prompt: torch.Tensor, n: int, lookup: int = 0) -> torch.Tensor:
-        return generate_ids(ours, prompt, n, temperature=0, prompt_lookup=lookup,
+    def run_ours(prompt: torch.Tensor, n: int, lookup: int = 0, model=ours) -> torch.Tensor:
+        return generate_ids(model, prompt, n, temperature=0, prompt_lookup=lookup,
                             repetition_penalty=args.repetition_penalty)
+
+    if args.int8:
+        import copy
+
+        from gpt2kit.quantize import quantize_int8
+
+        int8 = quantize_int8(copy.deepcopy(ours))
+
+        def run_int8(prompt: torch.Tensor, n: int) -> torch.Tensor:
+            return run_ours(prompt, n, model=int8)
 
     @torch.inference_mode()
     def run_hf(prompt: torch.Tensor, n: int, lookup: int = 0) -> torch.Tensor:
@@ -131,7 +148,8 @@ def main() -> None:
         same = torch.equal(a, b)
         match = float((a == b).float().mean())
         res = {"batch": B}
-        for name, fn in (("gpt2kit", run_ours), ("transformers", run_hf)):
+        runs = [("gpt2kit", run_ours), ("transformers", run_hf)] + ([("int8", run_int8)] if args.int8 else [])
+        for name, fn in runs:
             t_full = best_time(lambda fn=fn, p=prompt: fn(p, args.new_tokens), args.repeats)
             t_one = best_time(lambda fn=fn, p=prompt: fn(p, 1), args.repeats)
             res[name] = B * (args.new_tokens - 1) / (t_full - t_one)
@@ -141,6 +159,12 @@ def main() -> None:
         rows.append(res)
         print(f"batch {B}: gpt2kit {res['gpt2kit']:.1f} tok/s, transformers {res['transformers']:.1f} tok/s, "
               f"speedup {res['speedup']:.2f}x, identical tokens: {same} ({match:.1%})", flush=True)
+        if args.int8:
+            q = run_int8(prompt, args.new_tokens)
+            res["int8_speedup"] = res["int8"] / res["gpt2kit"]
+            res["int8_token_match"] = float((q == a).float().mean())
+            print(f"         gpt2kit --int8 {res['int8']:.1f} tok/s, {res['int8_speedup']:.2f}x gpt2kit fp32, "
+                  f"greedy tokens equal to fp32's: {res['int8_token_match']:.1%}", flush=True)
     if args.json:
         print(json.dumps(rows, indent=2))
 

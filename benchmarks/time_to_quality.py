@@ -162,7 +162,7 @@ def train_for(budget: float, name: str, recipe: dict[str, str], data_dir: Path, 
     model_cfg = GPTConfig.from_preset(cfg.model.preset, **{"vocab_size": vocab_size, **cfg.model.overrides()})
     batch = cfg.train.batch_size * cfg.train.grad_accum
     steps = calibrate_steps(model_cfg, batch, budget, cfg.train.precision, margin=args.margin,
-                            min_steps=args.min_steps)
+                            min_steps=args.min_steps, optim=cfg.optim)
     cfg = config(steps)
     with torch.device("meta"):  # counts without allocating
         params = sum(p.numel() for p in GPT(model_cfg).parameters())

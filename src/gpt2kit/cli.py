@@ -13,14 +13,14 @@ import pkgutil
 import sys
 
 from gpt2kit import __version__
-from gpt2kit.errors import UserError
+from gpt2kit.errors import UserError, say_error
 
 
 class Parser(argparse.ArgumentParser):
     """argparse, but a usage mistake is one line `error: ...` and exit 2 (no usage dump)."""
 
     def error(self, message: str):  # type: ignore[override]
-        print(f"error: {message}; see `{self.prog} --help`", file=sys.stderr)
+        say_error(f"error: {message}; see `{self.prog} --help`")
         sys.exit(2)
 
 
@@ -69,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     # Only commands that take dotted config overrides (train) accept extra arguments.
     if extra and not getattr(args, "accepts_overrides", False):
-        print(f"error: unrecognized arguments: {' '.join(extra)}; see `gpt2kit {args.command} --help`", file=sys.stderr)
+        say_error(f"error: unrecognized arguments: {' '.join(extra)}; see `gpt2kit {args.command} --help`")
         return 2
     args.overrides = extra
     from gpt2kit.errors import set_flag_style
@@ -96,22 +96,22 @@ def _run(args) -> int:
     try:
         rc = args.func(args)
     except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
+        say_error(f"error: {e}")
         return 2
     except (FileNotFoundError, IsADirectoryError, NotADirectoryError, PermissionError, FileExistsError) as e:
         if not e.filename:
             raise
         # A backstop for paths the user gave that a command did not check itself.
-        print(f"error: {e.strerror or type(e).__name__}: {e.filename}; check the path", file=sys.stderr)
+        say_error(f"error: {e.strerror or type(e).__name__}: {e.filename}; check the path")
         return 2
     except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
+        say_error("interrupted")
         return 130
     except RuntimeError as e:
         why = peer_failure(e)
         if why is None:
             raise
-        print(f"error: {why}", file=sys.stderr)
+        say_error(f"error: {why}")
         return 1  # not the user's mistake, and not a bug here: the dead process's own log has the cause
     except BrokenPipeError:
         # `gpt2kit generate ... | head` closes stdout early; that is not an error.

@@ -108,20 +108,23 @@ def parses(prompt: str, completion: str) -> bool:
 
 
 def calibrate_steps(config: GPTConfig, batch_size: int, seconds: float, precision: str = "auto",
-                    margin: float = 1.1, min_steps: int = 20) -> int:
+                    margin: float = 1.1, min_steps: int = 20, optim=None) -> int:
     """How many optimizer steps of a `config` model (a GPTConfig) at `batch_size` x block_size tokens fit in
     `seconds`: time a few steps of the real model first, so the cosine schedule ends where the time budget
     does. `margin` > 1 leaves time for what the loop does besides these steps (the demo: its evaluations and
-    checkpoints). Also used by benchmarks/time_to_quality.py."""
+    checkpoints). `optim` (an OptimArgs; default AdamW): the optimizer the run will use, timed with the
+    steps (Muon's orthogonalization costs more than AdamW's update). Also used by
+    benchmarks/time_to_quality.py."""
     import torch.nn.functional as F
 
+    from gpt2kit.config import OptimArgs
     from gpt2kit.model import GPT
-    from gpt2kit.train import resolve_precision
+    from gpt2kit.train import make_optimizer, resolve_precision
 
     mixed = resolve_precision(precision, "cpu" if not torch.cuda.is_available() else "cuda")
     device = "cuda" if torch.cuda.is_available() else "cpu"
     model = GPT(config).to(device)
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    opt = make_optimizer(model, optim or OptimArgs(), device)
     x = torch.randint(0, model.config.vocab_size, (batch_size, config.block_size), device=device)
     dtype = torch.bfloat16 if mixed == "bf16" else torch.float16
 

@@ -7,6 +7,7 @@ and keeps its traceback (exit 1).
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 
@@ -45,3 +46,10 @@ def flag(key: str) -> str:
     if _flag_style == "config":
         return f"--{key}"
     return "--" + key.rsplit(".", 1)[-1].replace("_", "-")
+
+
+def say_error(message: str) -> None:
+    """One line on stderr in one write: with PYTHONUNBUFFERED, print() writes the text and its newline
+    separately, and two ranks failing together would glue their lines into one."""
+    sys.stderr.write(message + "\n")
+    sys.stderr.flush()

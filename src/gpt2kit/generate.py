@@ -451,10 +451,11 @@ def row_generator(seed: int, prompt_index: int, sample_index: int, device=None) 
 
 
 def load_model_and_tokenizer(src: str, tokenizer: str | None = None, device: str | None = None,
-                              kind: str = "lm"):
+                              kind: str = "lm", int8: bool = False):
     """(model, tokenizer) for any `--model` source: the tokenizer saved with the model, else
     `tokenizer` (a `--tokenizer` value), else GPT-2's own when the vocabulary sizes fit.
-    `kind`: "lm" (generate, eval, serve) or "classifier" (predict); the other kind is one error line."""
+    `kind`: "lm" (generate, eval, serve) or "classifier" (predict); the other kind is one error line.
+    `int8`: linear layers in int8 for CPU decoding (gpt2kit.quantize), after the checks above."""
     from gpt2kit.checkpoint import load_model, tokenizer_source
     from gpt2kit.tokenizer import load_tokenizer
 
@@ -476,6 +477,10 @@ def load_model_and_tokenizer(src: str, tokenizer: str | None = None, device: str
     if tok.vocab_size > model.config.vocab_size:
         raise UserError(f"the tokenizer {tok_src} has {tok.vocab_size} ids but the model only "
                         f"{model.config.vocab_size}; pass the tokenizer the model was trained with (--tokenizer)")
+    if int8:
+        from gpt2kit.quantize import quantize_int8
+
+        quantize_int8(model)
     return model, tok
 
 

@@ -843,14 +843,14 @@ def default_name(src: str) -> str:
 
 def serve(src: str, host: str = "127.0.0.1", port: int = 8000, *, limits: Limits | None = None,
           name: str | None = None, tokenizer: str | None = None, device: str | None = None,
-          shutdown_timeout: float = 30.0) -> int:
+          shutdown_timeout: float = 30.0, int8: bool = False) -> int:
     """Serve the model at `src` (what `--model` takes) until SIGTERM / SIGINT."""
     from gpt2kit.generate import load_model_and_tokenizer
 
     limits = limits or Limits()
     sock = bind_socket(host, port)
     try:
-        model, tok = load_model_and_tokenizer(src, tokenizer, device)
+        model, tok = load_model_and_tokenizer(src, tokenizer, device, int8=int8)
         engine = Engine(model, tok, limits)
         configure_logging()
         app = create_app(engine, name or default_name(src), url=socket_url(sock))

@@ -49,7 +49,7 @@ import yaml
 
 from gpt2kit.atomic import write_text_atomic
 from gpt2kit.config import _field_types, _sections, _unknown, all_keys, build_config
-from gpt2kit.errors import UserError
+from gpt2kit.errors import UserError, say_error
 
 if typing.TYPE_CHECKING:
     import optuna
@@ -601,7 +601,7 @@ def _worker_main(spec: str, index: str) -> int:
         return run_trials(study, s, lambda m: print(tag + m, file=sys.stderr, flush=True), d["deadline"],
                           on_trial=lambda: write_results(study, s))
     except UserError as e:
-        print(f"error: {tag}{e}", file=sys.stderr)
+        say_error(f"error: {tag}{e}")
         return 2
 
 

@@ -22,6 +22,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--model", required=True, help="run dir, checkpoint dir, Hugging Face dir or hub name")
     p.add_argument("--tokenizer", help="tokenizer to use when none is saved with the model")
     p.add_argument("--device", default="auto", help="cpu, cuda, mps or auto (default)")
+    p.add_argument("--int8", action="store_true", help="linear layers in int8 (CPU only): faster decoding for a small loss of quality, measured in "
+                   "docs/BENCHMARKS.md; the default path is exact fp32")
     p.add_argument("--json", action="store_true", help="print the results as JSON on stdout")
     d = p.add_argument_group("perplexity (--data)")
     d.add_argument("--data", action="append", help="a data source (repeat for several)")
@@ -75,7 +77,7 @@ def run(args: argparse.Namespace) -> int:
 
     from gpt2kit.generate import load_model_and_tokenizer
 
-    model, tok = load_model_and_tokenizer(args.model, args.tokenizer, args.device)
+    model, tok = load_model_and_tokenizer(args.model, args.tokenizer, args.device, int8=args.int8)
     results: dict = {"model": args.model}
     if args.data:
         results["data"] = run_perplexity(args, model, tok)

@@ -34,6 +34,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    "faster on repetitive text; default 10, 0 = off)")
     p.add_argument("--tokenizer", help="tokenizer to use when none is saved with the model")
     p.add_argument("--device", default="auto", help="cpu, cuda, mps or auto (default)")
+    p.add_argument("--int8", action="store_true", help="linear layers in int8 (CPU only): faster decoding for a small loss of quality, measured in "
+                   "docs/BENCHMARKS.md; the default path is exact fp32")
     p.add_argument("--json", action="store_true", help="print one JSON object per completion")
     p.add_argument("--template", help="write each prompt into this template first, e.g. 'Q: {prompt}\\nA:' "
                    "(default: the run's data.prompt_template when it was trained on prompt/completion pairs)")
@@ -97,7 +99,7 @@ def run(args: argparse.Namespace) -> int:
         prompts = [apply_template(template, p) for p in prompts]
         if template != "{prompt}":
             print(f"prompt template: {template!r} (--no-template to turn it off)", file=sys.stderr)
-    model, tok = load_model_and_tokenizer(args.model, args.tokenizer, args.device)
+    model, tok = load_model_and_tokenizer(args.model, args.tokenizer, args.device, int8=args.int8)
     if tok.eos_id is not None and any(not tok.encode(p) for p in prompts):
         # GPT-2's convention for unconditional samples; said aloud, so an empty $VAR is not a silent surprise
         print(f"note: an empty prompt has no token to continue; generating from {tok.eos_token or 'EOS'} "

@@ -26,6 +26,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    "directory name)")
     p.add_argument("--tokenizer", help="tokenizer to use when none is saved with the model")
     p.add_argument("--device", default="auto", help="cpu, cuda, mps or auto (default)")
+    p.add_argument("--int8", action="store_true", help="linear layers in int8 (CPU only): faster decoding for a small loss of quality, measured in "
+                   "docs/BENCHMARKS.md; the default path is exact fp32")
     g = p.add_argument_group("limits")
     g.add_argument("--max-tokens", type=int, default=512, help="most new tokens per completion (default 512)")
     g.add_argument("--max-batch", type=int, default=16, help="completions decoded together (default 16)")
@@ -53,4 +55,5 @@ def run(args: argparse.Namespace) -> int:
     limits = Limits(max_tokens=args.max_tokens, max_batch=args.max_batch, max_queue=args.max_queue,
                     timeout=args.timeout, truncate=args.truncate)
     return serve(args.model, args.host, args.port, limits=limits, name=args.model_name,
-                 tokenizer=args.tokenizer, device=args.device, shutdown_timeout=args.shutdown_timeout)
+                 tokenizer=args.tokenizer, device=args.device, shutdown_timeout=args.shutdown_timeout,
+                 int8=args.int8)
