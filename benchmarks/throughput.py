@@ -5,6 +5,7 @@ bench-mini by default: 6 layers, 6 heads, width 384, context 256, batch 8, vocab
 small-model settings, issue 12). One optimizer step = forward, cross-entropy in fp32 over every position,
 backward, AdamW step, zero_grad; no gradient clipping, random token ids, dropout 0.
 - gpt2kit: `gpt2kit.model.GPT` with the AdamW `gpt2kit train` builds (`gpt2kit.train.make_optimizer`);
+  also with `train.chunked_loss on` (the loss from `GPT(x, targets=y)`: logits a few thousand rows at a time);
 - transformers: `GPT2LMHeadModel` of the same shape (`gpt2kit.hf.config_to_hf`) with `torch.optim.AdamW`
   (foreach, weight decay 0.1 on every tensor);
 - matmul limit: only the model's matmuls, on tensors of the model's shapes, timed alone: for every Linear
@@ -36,11 +37,14 @@ from _machine import has_bf16, machine_line
 
 
 def model_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor,
-               bf16: bool, hf: bool) -> Callable[[], None]:
+               bf16: bool, hf: bool, chunked: bool = False) -> Callable[[], None]:
     def step() -> None:
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-            logits = model(input_ids=x).logits if hf else model(x)
-            loss = F.cross_entropy(logits.float().flatten(0, 1), y.flatten())
+            if chunked:  # train.chunked_loss on: the loss without the whole logits tensor
+                loss = model(x, targets=y) / y.numel()
+            else:
+                logits = model(input_ids=x).logits if hf else model(x)
+                loss = F.cross_entropy(logits.float().flatten(0, 1), y.flatten())
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
@@ -104,8 +108,12 @@ def build(args, bf16: bool) -> list[tuple[str, Callable[[], None], float | None]
     dtype = torch.bfloat16 if bf16 else torch.float32
     linears, lin_flops = matmul_step(cfg, args.batch, dtype, attention=False)
     both, all_flops = matmul_step(cfg, args.batch, dtype, attention=True)
+    chunked = GPT(cfg).train()
     return [
         ("gpt2kit GPT + AdamW", model_step(ours, make_optimizer(ours, OptimArgs(lr=1e-4), "cpu"), x, y, bf16, False),
+         None),
+        ("gpt2kit GPT + AdamW, train.chunked_loss on",
+         model_step(chunked, make_optimizer(chunked, OptimArgs(lr=1e-4), "cpu"), x, y, bf16, False, chunked=True),
          None),
         ("transformers GPT2LMHeadModel + AdamW",
          model_step(theirs, torch.optim.AdamW(theirs.parameters(), lr=1e-4, weight_decay=0.1, foreach=True), x, y,

@@ -44,10 +44,28 @@ from _machine import machine_line
 # ---------------------------------------------------------------- the recipes
 # Flat `gpt2kit train` overrides. Unless a recipe sets optim.warmup_steps or optim.warmup_fraction, its
 # warmup is min(100, steps / 10), as in the demo. The vocabulary is the tokenizer's (8192) for all.
-DEMO = {  # gpt2kit demo (src/gpt2kit/demo.py): preset mini = 4 layers x 128, 4 heads
-    "model.preset": "mini", "model.block_size": "256",
-    "optim.lr": "3e-3", "optim.min_lr": "3e-4", "train.batch_size": "16",
-}
+MINI = {"model.preset": "mini", "model.block_size": "256", "train.batch_size": "16"}  # 4 layers x 128, 4 heads
+DEMO_ADAMW = {**MINI, "optim.lr": "3e-3", "optim.min_lr": "3e-4"}  # the demo's recipe until 2026-12-07
+
+
+def preset_recipe(name: str) -> dict[str, str]:
+    """A shipped config preset (src/gpt2kit/configs/NAME.yaml) as flat model/optim overrides + the batch size:
+    the benchmark sets the steps, evaluation and precision itself (warmup too, unless the preset sets it)."""
+    from gpt2kit.config import load_yaml, resolve_config_path
+
+    values = load_yaml(resolve_config_path(name))
+    flat = {f"{section}.{k}": str(v).lower() if isinstance(v, bool) else str(v)
+            for section in ("model", "optim") for k, v in values.get(section, {}).items()}
+    flat.pop("optim.warmup_steps", None)
+    return {**flat, "train.batch_size": str(values.get("train", {}).get("batch_size", 16))}
+
+
+def demo_recipe() -> dict[str, str]:
+    from gpt2kit.demo import RECIPE
+
+    return {**MINI, **RECIPE}
+
+
 RECIPES: dict[str, dict[str, str]] = {
     # nanoGPT's bench-mini (issue 12) with nanoGPT train.py's defaults: no biases, dropout 0, AdamW
     # (0.9, 0.95), weight decay 0.1, clip 1.0, cosine from 1e-3 to lr/10
@@ -56,19 +74,17 @@ RECIPES: dict[str, dict[str, str]] = {
         "model.block_size": "256", "model.bias": "false", "model.dropout": "0",
         "optim.lr": "1e-3", "optim.min_lr": "1e-4", "train.batch_size": "8",
     },
-    "demo": DEMO,
-    # The candidate: the demo's shape (right-sized for minutes of CPU: ~1.8M parameters see ~10M tokens in
-    # 600 s) with rotary positions (better loss per token in small models, and no position table to
-    # learn), no biases, and a decay to lr/100 (short runs gain most from the final annealing).
-    # A rotary model cannot be exported as a GPT-2 (transformers' GPT2LMHeadModel has no rotary option).
-    "fast": {
-        **DEMO, "model.rope": "true", "model.bias": "false", "optim.min_lr": "3e-5",
-    },
-    # fast + issue 12's levers (not exportable: qk_norm, relu2); untuned - run with --recipes fast-levers
-    "fast-levers": {**DEMO, "model.rope": "true", "model.bias": "false", "optim.min_lr": "3e-5", "optim.name": "muon",
-                    "optim.schedule": "wsd", "model.qk_norm": "true", "model.mlp_act": "relu2",
-                    "model.zero_init_proj": "true", "model.tie_embeddings": "false"},
+    # the demo's recipe before 2026-12-07: GPT-2 as is, AdamW, cosine to lr/10
+    "demo-adamw": DEMO_ADAMW,
+    # gpt2kit demo today (gpt2kit.demo.RECIPE): exportable to GPT-2 format; no biases, Muon, WSD to lr/100
+    "demo": demo_recipe(),
+    # rotary positions, no biases, decay to lr/100 (not exportable: rope)
+    "fast": {**DEMO_ADAMW, "model.rope": "true", "model.bias": "false", "optim.min_lr": "3e-5"},
+    # `gpt2kit train --config speedrun-cpu`: fast + Muon, WSD, QK-norm, ReLU², zero-init projections, untied
+    # head (not exportable: rope, qk_norm, relu2)
+    "speedrun-cpu": preset_recipe("speedrun-cpu"),
 }
+RECIPES["fast-levers"] = RECIPES["speedrun-cpu"]  # its name in the first runs, so their commands still work
 
 
 def parse_overrides(specs: list[str], recipes: dict[str, dict[str, str]]) -> list[str]:
@@ -205,7 +221,7 @@ def table(results: list[dict], recipes: dict[str, dict[str, str]], names: list[s
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--budgets", type=float, nargs="+", default=[150, 300, 600], help="seconds of training")
-    ap.add_argument("--recipes", nargs="+", default=["nanogpt", "demo", "fast"],
+    ap.add_argument("--recipes", nargs="+", default=["nanogpt", "demo-adamw", "demo", "speedrun-cpu"],
                     help=f"which recipes (known: {', '.join(RECIPES)})")
     ap.add_argument("--recipe-override", action="append", default=[], metavar="NAME:key=value",
                     help="change a recipe (NAME:key=value[,key=value]) or add one (NEW=BASE:key=value); "

@@ -230,3 +230,57 @@ def test_dropout_only_in_training():
         assert torch.equal(model(idx), model(idx))
         model.train()
         assert not torch.equal(model(idx), model(idx))
+
+
+# ---------------------------------------------------------------- chunked loss (train.chunked_loss)
+
+
+@pytest.mark.parametrize("softcap", [None, 4.0])
+def test_linear_cross_entropy_equals_cross_entropy_of_the_logits(softcap):
+    from gpt2kit.model import linear_cross_entropy
+
+    torch.manual_seed(0)
+    N, C, V = 53, 16, 41
+    h = torch.randn(N, C, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(V, C, dtype=torch.float64, requires_grad=True)
+    t = torch.randint(0, V, (N,))
+    t[::5] = -100
+    z = h @ w.T
+    if softcap:
+        z = softcap * torch.tanh(z / softcap)
+    want = F.cross_entropy(z, t, reduction="sum")
+    gh, gw = torch.autograd.grad(3 * want, (h, w))
+    got = linear_cross_entropy(h, w, t, softcap, chunk=8)  # 53 rows: 7 chunks, the last one short
+    h2, w2 = torch.autograd.grad(3 * got, (h, w))
+    assert torch.allclose(got, want, rtol=1e-12)
+    assert torch.allclose(h2, gh, rtol=1e-10, atol=1e-12) and torch.allclose(w2, gw, rtol=1e-10, atol=1e-12)
+    with torch.no_grad():  # evaluation: no gradient work, same loss
+        assert torch.allclose(linear_cross_entropy(h, w, t, softcap, chunk=8), want, rtol=1e-12)
+
+
+@pytest.mark.parametrize("kw", [dict(), dict(tie_embeddings=False, logit_softcap=10.0)], ids=["tied", "untied-softcap"])
+def test_gpt_loss_with_targets_equals_the_loss_of_its_logits(kw):
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(n_layer=2, n_head=2, n_embd=32, block_size=16, vocab_size=50, **kw))
+    x, y = torch.randint(0, 50, (3, 16)), torch.randint(0, 50, (3, 16))
+    y[0, :5] = -100
+    want = F.cross_entropy(model(x).flatten(0, 1), y.flatten(), reduction="sum")
+    want.backward()
+    grads = {n: p.grad.clone() for n, p in model.named_parameters()}
+    model.zero_grad()
+    got = model(x, targets=y)
+    got.backward()
+    assert torch.allclose(got, want, rtol=1e-6)
+    for n, p in model.named_parameters():  # wte's gradient: embedding + (tied) head, both arrive
+        assert torch.allclose(p.grad, grads[n], rtol=1e-4, atol=1e-6), n
+
+
+def test_chunked_loss_under_bf16_autocast_is_close():
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(n_layer=2, n_head=2, n_embd=64, block_size=32, vocab_size=300))
+    x, y = torch.randint(0, 300, (4, 32)), torch.randint(0, 300, (4, 32))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        want = F.cross_entropy(model(x).float().flatten(0, 1), y.flatten(), reduction="sum")
+        got = model(x, targets=y)
+    assert got.dtype == torch.float32
+    assert abs(got.item() - want.item()) < 1e-2 * abs(want.item())

@@ -290,11 +290,13 @@ class DigitsTokenizer:
         return "".join(f" {i}" for i in ids)
 
 
-@pytest.mark.parametrize("kw", [dict(), dict(rope=True, n_kv_head=1, sliding_window=6)], ids=["gpt2", "options"])
+@pytest.mark.parametrize("kw", [dict(), dict(rope=True, n_kv_head=1, sliding_window=6), dict(int8=True)],
+                         ids=["gpt2", "options", "int8"])
 def test_rows_joining_and_leaving_the_batch_equal_each_row_alone(kw):
     """Drive the engine step by step: rows join a running batch (shorter and longer than what it
     holds), others finish and leave, the cache fills up to the context and is trimmed; every row's
-    tokens equal `generate_ids` of that row alone with the same generator."""
+    tokens equal `generate_ids` of that row alone with the same generator. With --int8 too: each row's
+    inputs are quantized on their own, so the batch does not change a row."""
     import asyncio
 
     from gpt2kit.generate import _TextRow, generate_ids, row_generator
@@ -302,9 +304,14 @@ def test_rows_joining_and_leaving_the_batch_equal_each_row_alone(kw):
     from gpt2kit.serve import Job, Row, Sampling
 
     torch.manual_seed(0)
+    int8 = kw.pop("int8", False)
     model = GPT(GPTConfig(n_layer=2, n_head=2, n_embd=32, block_size=32, vocab_size=97, **kw)).eval()
     with torch.no_grad():
         model.transformer.wte.weight.mul_(8)
+    if int8:
+        from gpt2kit.quantize import quantize_int8
+
+        quantize_int8(model)
     tok = DigitsTokenizer()
     engine = Engine(model, tok, Limits(max_tokens=31, max_batch=4))
     job = Job(asyncio.new_event_loop())

@@ -132,6 +132,9 @@ class TrainArgs:
     grad_accum: int = _f(1, "micro-steps per optimizer step", min=1)
     precision: str = _f("auto", "auto (bf16 where supported), bf16, fp16, fp32", choices=("auto", "bf16", "fp16", "fp32"))
     compile: bool = _f(False, "torch.compile the model")
+    chunked_loss: str = _f("auto", "the LM loss a few thousand rows of logits at a time, never the whole (batch, "
+                           "context, vocab) logits: less memory, same loss up to float rounding; auto = on for "
+                           "CUDA, off elsewhere", choices=("auto", "on", "off"))
     grad_checkpointing: bool = _f(False, "recompute activations in backward to save memory")
     eval_every: int = _f(200, "evaluate every N steps (and at the end); 0 = only at the end", min=0)
     eval_batches: int | None = _f(None, "validation per evaluation: null = the whole split, or an even sample "

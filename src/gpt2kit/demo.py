@@ -143,6 +143,24 @@ def calibrate_steps(config: GPTConfig, batch_size: int, seconds: float, precisio
     return max(min_steps, int(seconds / per_step))
 
 
+# The demo's training recipe (flat `gpt2kit train` overrides besides data, model size and steps): the fastest
+# recipe in docs/BENCHMARKS.md's time-to-quality runs that still exports to GPT-2 format: no biases (exported
+# as zeros), Muon for the blocks' matrices, warmup-stable-decay to lr/100. benchmarks/time_to_quality.py
+# runs it as `demo`.
+RECIPE = {"optim.lr": "3e-3", "optim.min_lr": "3e-5", "model.bias": "false", "optim.name": "muon",
+          "optim.schedule": "wsd"}
+
+
+def demo_config(data_dir: str | Path, preset: str, block_size: int, batch_size: int, max_steps: int,
+                **over: str):
+    """The demo's TrainConfig: RECIPE on `preset` at `block_size` x `batch_size` for `max_steps`, + `over`."""
+    return build_config(None, {
+        "data.sources": str(data_dir), "model.preset": preset, "model.block_size": str(block_size),
+        "train.batch_size": str(batch_size), "train.max_steps": str(max_steps),
+        "optim.warmup_steps": str(min(100, max_steps // 10)), **RECIPE, **over,
+    })
+
+
 def run_demo(out: str | Path = "runs/demo", minutes: float = 5.0, max_steps: int | None = None,
              preset: str = "mini", vocab_size: int = 4096, block_size: int = 256, batch_size: int = 16,
              limit: int | None = None, precision: str = "auto", max_new_tokens: int = 64) -> dict:
@@ -169,18 +187,15 @@ def run_demo(out: str | Path = "runs/demo", minutes: float = 5.0, max_steps: int
     say(f"      {tr['documents']:,} train modules ({tr['tokens']:,} tokens), {va['documents']:,} held-out modules "
         f"({va['tokens']:,} tokens) in {time.time() - t0:.0f}s")
 
-    model_over = {"name": preset, "vocab_size": tok.vocab_size, "block_size": block_size}
     if max_steps is None:
-        max_steps = calibrate_steps(GPTConfig.from_preset(**model_over), batch_size, minutes * 60, precision)
+        probe = demo_config(data_dir, preset, block_size, batch_size, 1)
+        model_cfg = GPTConfig.from_preset(preset, vocab_size=tok.vocab_size, **probe.model.overrides())
+        max_steps = calibrate_steps(model_cfg, batch_size, minutes * 60, precision, optim=probe.optim)
     say(f"[3/6] training a '{preset}' GPT-2 for {max_steps} steps (~{minutes:g} min budget) ...")
     every = max(10, max_steps // 4)  # each evaluation reads the whole held-out split: a few, exact ones
-    cfg = build_config(None, {
-        "data.sources": str(data_dir), "model.preset": preset, "model.block_size": str(block_size),
-        "optim.lr": "3e-3", "optim.min_lr": "3e-4", "optim.warmup_steps": str(min(100, max_steps // 10)),
-        "train.max_steps": str(max_steps), "train.max_minutes": str(minutes * 1.5),
-        "train.batch_size": str(batch_size), "train.eval_every": str(every), "train.ckpt_every": str(every),
-        "train.log_every": "5", "train.precision": precision,
-    })
+    cfg = demo_config(data_dir, preset, block_size, batch_size, max_steps, **{
+        "train.max_minutes": str(minutes * 1.5), "train.eval_every": str(every), "train.ckpt_every": str(every),
+        "train.log_every": "5", "train.precision": precision})
     run_dir = out / "run"
     result = train(cfg, run_dir, overwrite=True)
     if result.exit_code:  # stopped by SIGINT/SIGTERM after saving a checkpoint: stop here too

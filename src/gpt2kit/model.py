@@ -254,6 +254,65 @@ class Block(nn.Module):
         return x + self.mlp(self.ln_2(x))
 
 
+class _LinearCrossEntropy(torch.autograd.Function):
+    """sum over rows of cross-entropy(softcap(h @ weight.T), targets), `chunk` rows of logits at a time.
+
+    The loss is the last operation, so its gradients are known in the forward pass: each chunk's
+    (softmax - one-hot) is turned into its share of dL/dh and dL/dweight at once and the chunk's logits are
+    freed (as Liger-Kernel's fused linear cross-entropy). Peak memory: chunk x vocab fp32, not B x T x vocab.
+    The matmuls run in `dtype` (the autocast dtype, as lm_head would), the softmax in fp32."""
+
+    @staticmethod
+    def forward(ctx, h, weight, targets, softcap, chunk, dtype):
+        need_h, need_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+        w = weight.to(dtype)
+        acc = torch.promote_types(dtype, torch.float32)  # fp32, or fp64 when everything is
+        loss = torch.zeros((), dtype=acc, device=h.device)
+        grad_h = torch.empty_like(h) if need_h else None
+        grad_w = torch.zeros(weight.shape, dtype=acc, device=weight.device) if need_w else None
+        for s in range(0, h.shape[0], chunk):
+            hc, tc = h[s : s + chunk].to(dtype), targets[s : s + chunk]
+            z = (hc @ w.t()).to(acc)
+            if softcap is not None:
+                capped = torch.tanh(z / softcap)
+                z = softcap * capped
+            valid = tc != -100
+            safe = tc.clamp(min=0).unsqueeze(1)
+            lse = torch.logsumexp(z, dim=-1)
+            loss += ((lse - z.gather(1, safe).squeeze(1)) * valid).sum()
+            if need_h or need_w:
+                g = z.sub_(lse.unsqueeze(1)).exp_()  # softmax, in place of the logits
+                g.scatter_add_(1, safe, torch.full_like(safe, -1, dtype=g.dtype))
+                g.mul_(valid.unsqueeze(1))
+                if softcap is not None:
+                    g.mul_(1 - capped * capped)
+                g = g.to(dtype)
+                if need_h:
+                    grad_h[s : s + chunk] = g @ w
+                if need_w:
+                    grad_w += (g.t() @ hc).to(acc)
+        ctx.save_for_backward(grad_h, grad_w)
+        ctx.weight_dtype = weight.dtype
+        return loss
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        grad_h, grad_w = ctx.saved_tensors
+        return (None if grad_h is None else grad_h * grad_out.to(grad_h.dtype),
+                None if grad_w is None else (grad_w * grad_out).to(ctx.weight_dtype), None, None, None, None)
+
+
+def linear_cross_entropy(h: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor,
+                         softcap: float | None = None, chunk: int | None = None) -> torch.Tensor:
+    """Summed cross-entropy of the logits h @ weight.T (N, vocab) against `targets` (N,; -100 = no loss),
+    without materialising the logits: `chunk` rows at a time (default: ~32M logits per chunk)."""
+    chunk = chunk or max(1, 2**25 // weight.shape[0])
+    device_type = h.device.type
+    dtype = torch.get_autocast_dtype(device_type) if torch.is_autocast_enabled(device_type) else h.dtype
+    with torch.autocast(device_type, enabled=False):
+        return _LinearCrossEntropy.apply(h, weight, targets, softcap, chunk, dtype)
+
+
 class GPT(nn.Module):
     def __init__(self, config: GPTConfig):
         super().__init__()
@@ -323,16 +382,25 @@ class GPT(nn.Module):
         attention_mask: torch.Tensor | None = None,
         position_ids: torch.Tensor | None = None,
         cache: KVCache | None = None,
+        targets: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """Logits (B, T, vocab) for token ids `idx` (B, T).
+        """Logits (B, T, vocab) for token ids `idx` (B, T); with `targets` (B, T), the summed cross-entropy
+        over the targets that are not -100 instead, computed a few rows of logits at a time
+        (linear_cross_entropy) so the (B, T, vocab) logits never exist.
 
         attention_mask: (B, S) with 1 for real tokens and 0 for (left) padding, S = cached + T.
         cache: a KVCache; new keys/values are appended and `cache.pos` advances by T.
         """
-        logits = self.lm_head(self.hidden(idx, attention_mask=attention_mask, position_ids=position_ids, cache=cache))
+        h = self.hidden(idx, attention_mask=attention_mask, position_ids=position_ids, cache=cache)
+        if targets is not None and type(self.lm_head) is nn.Linear:  # not a LoRA / int8 head: those run whole
+            return linear_cross_entropy(h.flatten(0, 1), self.lm_head.weight, targets.reshape(-1),
+                                        self.config.logit_softcap)
+        logits = self.lm_head(h)
         cap = self.config.logit_softcap
         if cap is not None:  # bounded in (-cap, cap); near-identity for |logits| << cap
             logits = cap * torch.tanh(logits / cap)
+        if targets is not None:
+            return F.cross_entropy(logits.float().flatten(0, 1), targets.reshape(-1), reduction="sum")
         return logits
 
     def hidden(

@@ -23,14 +23,17 @@ class LMTask:
     name = "lm"
     metric = "val_loss"  # lower is better; `best` checkpoints and early stopping follow it
 
-    def __init__(self, bytes_per_token: float | None = None):
+    def __init__(self, bytes_per_token: float | None = None, chunked: bool = False):
         self.bytes_per_token = bytes_per_token
+        self.chunked = chunked  # train.chunked_loss: the model computes the loss without whole logits
 
     def targets(self, batch) -> int:
         return int((batch[1] != IGNORE_INDEX).sum())
 
     def loss(self, model, batch, device) -> torch.Tensor:
         x, y = (t.to(device, non_blocking=True) for t in batch)
+        if self.chunked:
+            return model(x, targets=y)
         logits = model(x)
         return F.cross_entropy(logits.float().view(-1, logits.size(-1)), y.reshape(-1), ignore_index=IGNORE_INDEX,
                                reduction="sum")

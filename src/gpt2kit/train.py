@@ -678,7 +678,8 @@ def _train(cfg: TrainConfig, out: Path, resume: str | None, overwrite: bool, qui
     model, base_weights = finish_model(cfg, model, data.labels, resume_ckpt)
     fits(model)
     classify = t.task == "classify"
-    task = ClassifyTask(data.labels, data.class_weights) if classify else LMTask(data.bytes_per_token)
+    chunked = t.chunked_loss == "on" or (t.chunked_loss == "auto" and accelerator.device.type == "cuda")
+    task = ClassifyTask(data.labels, data.class_weights) if classify else LMTask(data.bytes_per_token, chunked)
     train_loader, val_loader = data.train, data.val
     B, A = t.batch_size, t.grad_accum
     max_steps, steps_per_epoch = plan_steps(t, train_loader.batches_per_epoch)
