@@ -190,7 +190,8 @@ def train_for(budget: float, name: str, recipe: dict[str, str], data_dir: Path, 
     seconds, setup = loop_seconds(run_dir / "metrics.jsonl")
     return {
         "budget": budget, "recipe": name, "precision": resolve_precision(cfg.train.precision, "cpu"),
-        "steps": result.step, "planned_steps": steps, "tokens": result.tokens, "seconds": seconds,
+        # planned: the config's steps (a recipe may set its own instead of the calibrated ones)
+        "steps": result.step, "planned_steps": cfg.train.max_steps, "tokens": result.tokens, "seconds": seconds,
         "tok_s": result.tokens / seconds, "val_loss": final.get("val_loss", math.nan),
         "val_bpb": final.get("val_bpb", math.nan), "val_tokens": final.get("val_tokens", 0),
         "params": params, "setup_s": setup, "run": str(run_dir),

@@ -94,7 +94,7 @@ def test_weight_decay_only_on_matrices():
 def test_presets_by_name_and_listed(capsys, tmp_path):
     assert main(["configs"]) == 0
     listed = capsys.readouterr().out
-    assert all(name in listed for name in ("debug", "cpu-small", "gpt2-pretrain", "gpt2-finetune"))
+    assert all(name in listed for name in ("debug", "cpu-small", "speedrun-cpu", "gpt2-pretrain", "gpt2-finetune"))
     for spelling in ("debug", "debug.yaml", "configs/debug.yaml"):  # from any directory
         assert load_yaml(spelling) == load_yaml(PRESETS_DIR / "debug.yaml")
     assert main(["configs", "debug"]) == 0 and "preset: tiny" in capsys.readouterr().out

@@ -221,7 +221,7 @@ RUN = {
     "optim.name": "muon", "optim.lr": "1e-2", "optim.muon_lr": "0.05", "optim.schedule": "wsd",
     "optim.warmup_steps": "2", "train.batch_size": "4", "train.max_steps": "8", "train.eval_every": "0",
     "train.eval_batches": "2", "train.ckpt_every": "4", "train.keep_last": "5", "train.log_every": "1",
-    "train.precision": "fp32",
+    "train.precision": "fp32", "train.chunked_loss": "on",  # the chunked loss (with the softcap) resumes bitwise too
 }
 
 

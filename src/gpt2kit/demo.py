@@ -192,7 +192,7 @@ def run_demo(out: str | Path = "runs/demo", minutes: float = 5.0, max_steps: int
         model_cfg = GPTConfig.from_preset(preset, vocab_size=tok.vocab_size, **probe.model.overrides())
         max_steps = calibrate_steps(model_cfg, batch_size, minutes * 60, precision, optim=probe.optim)
     say(f"[3/6] training a '{preset}' GPT-2 for {max_steps} steps (~{minutes:g} min budget) ...")
-    every = max(10, max_steps // 4)  # each evaluation reads the whole held-out split: a few, exact ones
+    every = max(10, -(-max_steps // 4))  # each evaluation reads the whole held-out split: 4, the last at the end
     cfg = demo_config(data_dir, preset, block_size, batch_size, max_steps, **{
         "train.max_minutes": str(minutes * 1.5), "train.eval_every": str(every), "train.ckpt_every": str(every),
         "train.log_every": "5", "train.precision": precision})

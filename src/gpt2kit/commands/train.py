@@ -11,7 +11,7 @@ ORDER = 40
 def add_train_arguments(p: argparse.ArgumentParser) -> None:
     """The flags `train` and `finetune` share (everything else is a --SECTION.FIELD config override)."""
     p.add_argument("--config", help="YAML file with model/data/optim/train/finetune sections, or a shipped preset "
-                   "by name (debug, cpu-small, gpt2-pretrain, gpt2-finetune; `gpt2kit configs` lists them)")
+                   "by name (debug, cpu-small, speedrun-cpu, gpt2-pretrain, gpt2-finetune; `gpt2kit configs` lists them)")
     p.add_argument("--data", nargs="+", help="prepared data dir, or sources: files, dirs, jsonl/csv/parquet, "
                    "a dataset name, stdlib")
     p.add_argument("--tokenizer", help="gpt2, a tokenizer dir or tokenizer.json (default: the data's or init's)")
