@@ -304,8 +304,9 @@ def test_rows_joining_and_leaving_the_batch_equal_each_row_alone(kw):
     from gpt2kit.serve import Job, Row, Sampling
 
     torch.manual_seed(0)
-    int8 = kw.pop("int8", False)
-    model = GPT(GPTConfig(n_layer=2, n_head=2, n_embd=32, block_size=32, vocab_size=97, **kw)).eval()
+    int8 = kw.get("int8", False)
+    model_kw = {k: v for k, v in kw.items() if k != "int8"}  # the parameter's dict is not ours to change
+    model = GPT(GPTConfig(n_layer=2, n_head=2, n_embd=32, block_size=32, vocab_size=97, **model_kw)).eval()
     with torch.no_grad():
         model.transformer.wte.weight.mul_(8)
     if int8:

@@ -7,8 +7,8 @@ That kernel quantizes its whole input with one scale (7-bit levels so AVX2's u8 
 saturate), which would make a token's output depend on the other rows of its batch and on whether the KV
 cache is used; so each input row is first divided by its own max |x|, and one extra row [1, -1, 0, ...]
 pins the kernel's range to [-1, 1] (steps of 2/127: 129 levels): every row is quantized on its own
-(per-token scales), and the result is scaled back. The embeddings, LayerNorms, attention and softmax stay fp32. The model is for inference
-only (no gradients, not saved); the original fp32 matrices are dropped.
+(per-token scales), and the result is scaled back. The embeddings, LayerNorms, attention and softmax stay
+fp32. The model is for inference only (no gradients, not saved); the original fp32 matrices are dropped.
 
 Cost and gain are measured in docs/BENCHMARKS.md (benchmarks/generate.py --int8): decode speed, and the
 perplexity delta with `gpt2kit eval --int8`. PyTorch marks its quantized tensors deprecated (pytorch issue
@@ -38,7 +38,8 @@ class Int8Linear(nn.Module):
         with warnings.catch_warnings():  # PyTorch's deprecation notice; the module docstring says it
             warnings.simplefilter("ignore", UserWarning)
             qweight = torch.quantize_per_channel(w, scale, zero, 0, torch.qint8)
-            self._packed = torch.ops.quantized.linear_prepack(qweight, None)  # bias added in fp32 after rescaling
+            # no bias in the kernel: it is added in fp32 after rescaling
+            self._packed = torch.ops.quantized.linear_prepack(qweight, None)
         self.register_buffer("bias", None if linear.bias is None else linear.bias.detach().float().cpu())
         pin = torch.zeros(1, self.in_features)
         pin[0, 0], pin[0, -1] = 1.0, -1.0  # the row that fixes the kernel's input range to [-1, 1]
@@ -57,13 +58,16 @@ class Int8Linear(nn.Module):
         return f"in_features={self.in_features}, out_features={self.out_features}, int8"
 
 
+def _engines() -> list[str]:
+    return [e for e in torch.backends.quantized.supported_engines if e != "none"]
+
+
 def int8_available() -> str | None:
     """None when this PyTorch can run Int8Linear, else why not (one phrase)."""
     ops = getattr(torch.ops, "quantized", None)
     if ops is None or not hasattr(ops, "linear_dynamic") or not hasattr(torch, "quantize_per_channel"):
         return f"this PyTorch ({torch.__version__}) has no dynamically quantized linear kernel"
-    engines = [e for e in torch.backends.quantized.supported_engines if e != "none"]
-    if not engines:
+    if not _engines():
         return f"this PyTorch ({torch.__version__}) was built without a quantized engine (fbgemm / qnnpack)"
     return None
 
@@ -78,7 +82,7 @@ def quantize_int8(model: nn.Module) -> nn.Module:
         raise UserError("--int8 runs on the CPU only (PyTorch's int8 kernels); pass --device cpu, or drop "
                         "--int8 on a GPU (bf16 is the fast path there)")
     if not torch.backends.quantized.engine or torch.backends.quantized.engine == "none":
-        torch.backends.quantized.engine = [e for e in torch.backends.quantized.supported_engines if e != "none"][0]
+        torch.backends.quantized.engine = _engines()[0]
     targets = [(name, m) for name, m in model.named_modules() if isinstance(m, nn.Linear)]
     for name, linear in targets:
         parent_name, _, attr = name.rpartition(".")

@@ -6,6 +6,8 @@ import argparse
 import json
 import sys
 
+from gpt2kit.commands import add_int8_flag
+
 ORDER = 60
 
 
@@ -22,8 +24,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--model", required=True, help="run dir, checkpoint dir, Hugging Face dir or hub name")
     p.add_argument("--tokenizer", help="tokenizer to use when none is saved with the model")
     p.add_argument("--device", default="auto", help="cpu, cuda, mps or auto (default)")
-    p.add_argument("--int8", action="store_true", help="linear layers in int8 (CPU only): faster decoding for a small loss of quality, measured in "
-                   "docs/BENCHMARKS.md; the default path is exact fp32")
+    add_int8_flag(p)
     p.add_argument("--json", action="store_true", help="print the results as JSON on stdout")
     d = p.add_argument_group("perplexity (--data)")
     d.add_argument("--data", action="append", help="a data source (repeat for several)")

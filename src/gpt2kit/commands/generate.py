@@ -6,6 +6,8 @@ import argparse
 import json
 import sys
 
+from gpt2kit.commands import add_int8_flag
+
 ORDER = 50
 
 
@@ -34,8 +36,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    "faster on repetitive text; default 10, 0 = off)")
     p.add_argument("--tokenizer", help="tokenizer to use when none is saved with the model")
     p.add_argument("--device", default="auto", help="cpu, cuda, mps or auto (default)")
-    p.add_argument("--int8", action="store_true", help="linear layers in int8 (CPU only): faster decoding for a small loss of quality, measured in "
-                   "docs/BENCHMARKS.md; the default path is exact fp32")
+    add_int8_flag(p)
     p.add_argument("--json", action="store_true", help="print one JSON object per completion")
     p.add_argument("--template", help="write each prompt into this template first, e.g. 'Q: {prompt}\\nA:' "
                    "(default: the run's data.prompt_template when it was trained on prompt/completion pairs)")

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from gpt2kit.commands import add_int8_flag
+
 ORDER = 55
 
 
@@ -26,8 +28,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    "directory name)")
     p.add_argument("--tokenizer", help="tokenizer to use when none is saved with the model")
     p.add_argument("--device", default="auto", help="cpu, cuda, mps or auto (default)")
-    p.add_argument("--int8", action="store_true", help="linear layers in int8 (CPU only): faster decoding for a small loss of quality, measured in "
-                   "docs/BENCHMARKS.md; the default path is exact fp32")
+    add_int8_flag(p)
     g = p.add_argument_group("limits")
     g.add_argument("--max-tokens", type=int, default=512, help="most new tokens per completion (default 512)")
     g.add_argument("--max-batch", type=int, default=16, help="completions decoded together (default 16)")
