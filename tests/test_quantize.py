@@ -100,3 +100,17 @@ def test_cli_generate_and_eval_with_int8(trained, capsys):
                  "--temperature", "0", "--int8", "--json"]) == 0
     rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert len(rows) == 1 and rows[0]["completion"] and rows[0]["tokens"] == 12
+
+
+def test_int8_off_the_cpu_is_one_error_line(trained, capsys):
+    from helpers import one_error
+
+    from gpt2kit.errors import UserError
+
+    with torch.device("meta"):
+        model = tiny()
+    with pytest.raises(UserError, match="--int8 runs on the CPU only"):
+        quantize_int8(model)
+    run, _ = trained
+    rc = main(["generate", "--model", str(run), "--prompt", "x", "--int8", "--device", "cuda"])
+    assert "--device" in one_error(rc, capsys.readouterr().err)  # said before any model is quantized
